@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, lints, type-checks, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+
+echo "== ruff"
+python3 -m ruff check serving components pipelines tests bench
+echo "== mypy --strict (serving/, components/)"
+python3 -m mypy --strict serving components
+echo "== pytest"
+python3 -m pytest "$@"
