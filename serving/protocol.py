@@ -1,0 +1,301 @@
+"""The Seldon REST protocol as plain functions: bytes in → typed request, numbers out → bytes.
+
+No web framework here, so the model server, the executor and the tests share one decoder. Every way
+a client can get a request wrong ends in a ``SeldonError`` carrying the HTTP status and a message that
+says what was wrong; anything else escaping the decoder is a bug (a fuzz test holds us to that).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+import numpy as np
+import orjson
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_ROWS = 100_000
+BAD_DATA = "MICROSERVICE_BAD_DATA"
+INTERNAL_ERROR = "MICROSERVICE_INTERNAL_ERROR"
+Encoding = Literal["tensor", "ndarray"]
+_NUMBER_TYPES = frozenset((int, float))
+_JSON_TYPES = ("application/json", "")
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_OTHER_PAYLOADS = ("jsonData", "strData", "binData")
+
+
+def status_body(code: int, info: str, reason: str) -> bytes:
+    return orjson.dumps({"status": {"code": code, "info": info, "reason": reason, "status": "FAILURE"}})
+
+
+class SeldonError(Exception):
+    """A request the server refuses, carrying what the HTTP layer needs to answer it."""
+
+    def __init__(self, code: int, info: str, reason: str = BAD_DATA) -> None:
+        super().__init__(info)
+        self.code = code
+        self.info = info
+        self.reason = reason
+
+    def body(self) -> bytes:
+        return status_body(self.code, self.info, self.reason)
+
+
+@dataclass
+class PredictionRequest:
+    features: np.ndarray[Any, np.dtype[np.float64]]
+    encoding: Encoding
+    names: list[str] | None = None
+    puid: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    reward: float
+    routing: dict[str, int]
+    truth: Any | None = None
+
+
+def new_puid() -> str:
+    """A 26-character lowercase id, the length and alphabet of Seldon's puids, from 128 random bits."""
+    return base64.b32encode(os.urandom(16)).decode("ascii").rstrip("=").lower()
+
+
+def decode_prediction_request(
+    body: bytes,
+    content_type: str | None,
+    *,
+    n_features: int | None = None,
+    max_rows: int = MAX_ROWS,
+) -> PredictionRequest:
+    message = _decode_json_object(body, content_type)
+    for other in _OTHER_PAYLOADS:
+        if other in message:
+            raise _bad(f"{other} is not supported: this model takes numbers as data.tensor or data.ndarray")
+    data = message.get("data")
+    if data is None:
+        raise _bad('missing "data": send {"data": {"tensor": {"shape": [rows, features], "values": [...]}}}')
+    if not isinstance(data, dict):
+        raise _bad(f'"data" must be an object, got {_json_type(data)}')
+    for other in _OTHER_PAYLOADS:
+        if other in data:
+            raise _bad(f"data.{other} is not supported: this model takes numbers as data.tensor or data.ndarray")
+    has_tensor, has_ndarray = "tensor" in data, "ndarray" in data
+    if has_tensor and has_ndarray:
+        raise _bad("data holds both tensor and ndarray: send exactly one of them")
+    encoding: Encoding
+    if has_tensor:
+        features, encoding = _tensor_features(data["tensor"], max_rows), "tensor"
+    elif has_ndarray:
+        features, encoding = _ndarray_features(data["ndarray"], max_rows), "ndarray"
+    else:
+        raise _bad("data holds neither tensor nor ndarray: send one of them with the feature values")
+    if not np.isfinite(features).all():
+        raise _bad("values must be finite numbers; NaN and Infinity are not accepted")
+    if n_features is not None and features.shape[1] != n_features:
+        raise _bad(f"expected {n_features} features per row, got {features.shape[1]}")
+    meta = message.get("meta")
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, dict):
+        raise _bad(f'"meta" must be an object, got {_json_type(meta)}')
+    return PredictionRequest(
+        features=features,
+        encoding=encoding,
+        names=_names(data.get("names")),
+        puid=_puid(meta.get("puid")),
+        tags=_tags(meta.get("tags")),
+    )
+
+
+def encode_prediction_response(
+    request: PredictionRequest,
+    probabilities: np.ndarray[Any, np.dtype[Any]],
+    class_names: Sequence[str],
+    *,
+    puid: str,
+    routing: Mapping[str, int],
+    request_path: Mapping[str, str],
+    tags: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The response in the request's own encoding; request tags are echoed, ``tags`` added on top."""
+    result = np.ascontiguousarray(probabilities, dtype=np.float64)
+    if result.ndim != 2 or result.shape[1] != len(class_names):
+        raise SeldonError(
+            500,
+            f"the model returned shape {list(result.shape)} for {len(class_names)} class names",
+            INTERNAL_ERROR,
+        )
+    payload: Any = result
+    if request.encoding == "tensor":
+        payload = {"shape": list(result.shape), "values": result.ravel()}
+    response = {
+        "data": {"names": list(class_names), request.encoding: payload},
+        "meta": {
+            "puid": puid,
+            "tags": {**request.tags, **tags} if tags else request.tags,
+            "routing": dict(routing),
+            "requestPath": dict(request_path),
+        },
+    }
+    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_feedback(body: bytes, content_type: str | None) -> Feedback:
+    message = _decode_json_object(body, content_type)
+    reward = message.get("reward")
+    if isinstance(reward, bool) or not isinstance(reward, int | float):
+        raise _bad(f'feedback needs a numeric "reward" (0 counts as a real observation), got {reward!r}')
+    if not math.isfinite(reward):
+        raise _bad(f"reward must be a finite number, got {reward!r}")
+    response = message.get("response")
+    meta = response.get("meta") if isinstance(response, dict) else None
+    routing = meta.get("routing") if isinstance(meta, dict) else None
+    if routing is None:
+        raise _bad(
+            "feedback needs response.meta.routing to find the arm that served: "
+            "send back the prediction response as it was returned"
+        )
+    if not isinstance(routing, dict) or not all(
+        isinstance(arm, int) and not isinstance(arm, bool) and arm >= 0 for arm in routing.values()
+    ):
+        raise _bad(f"response.meta.routing must map router names to child indexes, got {routing!r}")
+    return Feedback(reward=float(reward), routing=routing, truth=message.get("truth"))
+
+
+def _decode_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type == _FORM_TYPE:
+        body = _form_json(body)
+    elif media_type not in _JSON_TYPES:
+        raise SeldonError(415, f"content type {media_type!r} is not supported: send application/json", BAD_DATA)
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"body is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise _bad(f"body must be a JSON object, got {_json_type(message)}")
+    return message
+
+
+def _form_json(body: bytes) -> bytes:
+    """The ``json=<payload>`` field the Seldon Python wrapper also accepts from form posts.
+
+    ``curl -d '{...}'`` labels a raw JSON body as a form; taking it as JSON spares users a puzzle.
+    """
+    if body.lstrip().startswith(b"{"):
+        return body
+    try:
+        fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
+    except UnicodeDecodeError:
+        raise _bad("form body is not UTF-8") from None
+    values = fields.get("json")
+    if not values:
+        raise _bad("a form-encoded request must carry the payload as json=<payload>")
+    return values[0].encode("utf-8")
+
+
+def _tensor_features(tensor: object, max_rows: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+    if not isinstance(tensor, dict):
+        raise _bad(f"data.tensor must be an object with shape and values, got {_json_type(tensor)}")
+    shape, values = tensor.get("shape"), tensor.get("values")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise _bad(f"data.tensor.shape must be a list of non-negative integers, got {_short(shape)}")
+    if len(shape) != 2:
+        raise _bad(f"data.tensor.shape must be 2-D [rows, features], got {shape}")
+    rows, columns = shape
+    _check_batch(rows, columns, max_rows)
+    if not isinstance(values, list):
+        raise _bad(f"data.tensor.values must be a list of numbers, got {_json_type(values)}")
+    if len(values) != rows * columns:
+        raise _bad(f"data.tensor.shape {shape} needs {rows * columns} values, got {len(values)}")
+    _check_numbers(values)
+    return _to_float_array(values).reshape(rows, columns)
+
+
+def _ndarray_features(ndarray: object, max_rows: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+    if not isinstance(ndarray, list):
+        raise _bad(f"data.ndarray must be a list of rows, got {_json_type(ndarray)}")
+    if not ndarray:
+        raise _bad("data.ndarray is empty: send at least one row")
+    row_types = set(map(type, ndarray))
+    if row_types <= _NUMBER_TYPES:
+        rows: list[Any] = [ndarray]
+    elif row_types == {list}:
+        rows = ndarray
+    else:
+        raise _bad("data.ndarray must be a list of rows (lists of numbers) or a single row of numbers")
+    widths = set(map(len, rows))
+    if len(widths) != 1:
+        raise _bad(f"data.ndarray rows have different lengths {sorted(widths)}: every row needs the same features")
+    width = widths.pop()
+    _check_batch(len(rows), width, max_rows)
+    # One flat list is cheaper to type-check and to convert than numpy walking nested lists.
+    values = list(chain.from_iterable(rows))
+    _check_numbers(values)
+    return _to_float_array(values).reshape(len(rows), width)
+
+
+def _check_batch(rows: int, columns: int, max_rows: int) -> None:
+    if rows == 0:
+        raise _bad("the batch is empty: send at least one row")
+    if columns == 0:
+        raise _bad("rows have no features: send the feature values")
+    if rows > max_rows:
+        raise SeldonError(413, f"the batch has {rows} rows, over the limit of {max_rows}: split it", BAD_DATA)
+
+
+def _check_numbers(values: list[Any]) -> None:
+    """Reject booleans, strings, nulls and nesting before numpy would silently coerce them."""
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        raise _bad("feature values must be numbers (not strings, booleans, nulls or nested lists)")
+
+
+def _to_float_array(values: list[Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    try:
+        return np.array(values, dtype=np.float64)
+    except OverflowError:
+        raise _bad("a feature value is too large for a 64-bit float") from None
+
+
+def _names(names: object) -> list[str] | None:
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _bad(f"data.names must be a list of strings, got {_short(names)}")
+    return names
+
+
+def _puid(puid: object) -> str | None:
+    if puid is None or isinstance(puid, str):
+        return puid or None
+    raise _bad(f"meta.puid must be a string, got {_json_type(puid)}")
+
+
+def _tags(tags: object) -> dict[str, Any]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        raise _bad(f"meta.tags must be an object, got {_json_type(tags)}")
+    return tags
+
+
+def _bad(info: str) -> SeldonError:
+    return SeldonError(400, info, BAD_DATA)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
