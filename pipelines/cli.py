@@ -11,6 +11,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "pipelines.local_commands",
     "serving.cli",
 ]
 

@@ -1,0 +1,239 @@
+"""The typed Kubeflow Pipelines interfaces of abflow's steps.
+
+Each function here is a KFP lightweight component: typed inputs and outputs (``Output[Model]``,
+``Output[Metrics]``, ``Output[ClassificationMetrics]``, ``Output[HTML]``, plain parameters) over the
+plain logic in the sibling modules, which is tested without KFP. KFP ships each function's *source*
+into the step's container, so every import lives inside the function body and the body stays a few
+lines long. The container image is chosen when the pipeline is built (``make_components``), because
+on a cluster it must be an image that already holds abflow.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Input, Metrics, Model, Output
+
+DEFAULT_COMPONENTS_IMAGE = "localhost:5000/abflow/components:0.1.0"
+
+
+def train(
+    c: float,
+    max_iter: int,
+    test_size: float,
+    seed: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+) -> NamedTuple("TrainOutputs", [("accuracy", float), ("summary", str)]):  # type: ignore[valid-type]
+    """Train the iris classifier (LogisticRegression in a Pipeline) on a stratified split.
+
+    Args:
+        c: Inverse regularisation strength of LogisticRegression.
+        max_iter: Solver iteration limit.
+        test_size: Share of the data held out for the metrics, in (0, 1).
+        seed: Seed of the split and the solver, so a rerun with the same inputs is reproducible.
+
+    Returns:
+        accuracy: Held-out accuracy (what the gate checks).
+        summary: JSON of metrics, params, class names and data fingerprint (what the store records).
+    """
+    import json
+
+    from components.training import train_iris, train_summary
+
+    result = train_iris(c=c, max_iter=max_iter, test_size=test_size, seed=seed)
+    with open(model.path, "wb") as handle:
+        handle.write(result.model_bytes)
+    model.metadata.update({"framework": "scikit-learn", "file": "model.joblib"})
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    confusion_matrix.log_confusion_matrix(list(result.class_names), result.confusion_matrix)
+    print(f"abflow: trained, accuracy {result.metrics['accuracy']:.3f}", flush=True)
+    return (result.metrics["accuracy"], json.dumps(train_summary(result)))
+
+
+def gate(
+    summary: str,
+    artifact_root: str,
+    model_name: str,
+    min_accuracy: float,
+    max_regression: float,
+    decision: Output[Metrics],
+) -> None:
+    """Stop the run unless the new model clears ``min_accuracy`` and is no worse than the current
+    champion by more than ``max_regression`` (accuracy points). The failure names the number that
+    missed."""
+    import json
+
+    from components.gating import check_gate
+    from components.registry import read_champion
+
+    champion = read_champion(artifact_root, model_name)
+    result = check_gate(
+        json.loads(summary)["metrics"],
+        min_accuracy=min_accuracy,
+        champion_metrics=champion.metrics if champion else None,
+        max_regression=max_regression,
+    )
+    for name, value in result.as_metrics().items():
+        decision.log_metric(name, value)
+    print(f"abflow: gate passed ({result.describe()})", flush=True)
+
+
+def store(
+    model: Input[Model],
+    summary: str,
+    artifact_root: str,
+    model_name: str,
+    run_id: str,
+) -> NamedTuple("StoreOutputs", [("model_uri", str), ("version", str), ("model_a_uri", str), ("model_b_uri", str)]):  # type: ignore[valid-type]
+    """Upload the model and its metadata to ``<artifact_root>/models/<model_name>/<version>/`` and
+    pick the arms: the current champion as arm A and the new model as arm B (both arms the new
+    model on the first run).
+
+    Args:
+        artifact_root: A local folder or ``gs://bucket/prefix``.
+    """
+    from components.registry import choose_arms, publish_model
+    from components.training import train_result_from
+
+    with open(model.path, "rb") as handle:
+        result = train_result_from(handle.read(), summary)
+    published = publish_model(artifact_root, model_name, result, run_id=run_id)
+    arms = choose_arms(artifact_root, model_name, published.uri)
+    print(f"abflow: stored {published.uri}", flush=True)
+    return (published.uri, published.version, arms.model_a_uri, arms.model_b_uri)
+
+
+def build_image(
+    builder: str,
+    image_repo: str,
+    base_image: str,
+    build_context: Output[Artifact],
+) -> NamedTuple("ImageOutputs", [("image_ref", str), ("tag", str)]):  # type: ignore[valid-type]
+    """Build the serving image from a context tagged by its content hash; skip the build when that
+    tag is already in the registry.
+
+    Args:
+        builder: ``auto`` (buildah, else docker, else none), ``buildah``, ``docker`` or ``none``
+            (record the context and tag only: the local target needs no image).
+        image_repo: Repository to tag and push, e.g. ``registry.example.com/ml/iris-server``.
+        base_image: Python base image of the serving image.
+    """
+    from pathlib import Path
+
+    from components.imaging import build_image as build
+    from components.imaging import make_build_context
+
+    context = make_build_context(Path(build_context.path), base_image=base_image)
+    built = build(context, image_repo=image_repo, builder=builder)
+    build_context.metadata.update({"tag": built.tag, "builder": built.builder, "image": built.ref})
+    print(f"abflow: image {built.ref} ({built.builder})", flush=True)
+    return (built.ref, built.tag)
+
+
+def deploy_ab(
+    target: str,
+    model_a_uri: str,
+    model_b_uri: str,
+    ratio_a: float,
+    image_ref: str,
+    namespace: str,
+    deployment_name: str,
+    local_state_dir: str,
+    local_port: int,
+) -> NamedTuple("DeployOutputs", [("endpoint", str), ("record", str)]):  # type: ignore[valid-type]
+    """Deploy the A/B graph (RANDOM_ABTEST, arm A share ``ratio_a``) and keep the previous
+    deployment for rollback.
+
+    Args:
+        target: ``local`` (processes on 127.0.0.1, replacing the previous graph on the same port)
+            or ``seldon`` (a SeldonDeployment applied to ``namespace``).
+        local_state_dir: Where the local target keeps its releases (local target only).
+        local_port: Port of the local endpoint (local target only).
+    """
+    from components.deploy_targets import deploy
+
+    record = deploy(
+        target,
+        model_a_uri=model_a_uri,
+        model_b_uri=model_b_uri,
+        ratio_a=ratio_a,
+        image=image_ref,
+        namespace=namespace,
+        name=deployment_name,
+        local_state_dir=local_state_dir,
+        local_port=local_port,
+    )
+    print(f"abflow: deployed {record.endpoint}", flush=True)
+    return (record.endpoint, record.to_json())
+
+
+def smoke_test(
+    endpoint: str,
+    record: str,
+    ratio_a: float,
+    requests: int,
+    p99_budget_ms: float,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> None:
+    """Send ``requests`` tutorial-format predictions and check status, schema, class names,
+    probabilities, ``meta.routing``, both arms, the arm-A share (binomial test) and p99. On failure
+    the endpoint is rolled back to the previous deployment and the run fails with the reasons."""
+    from components.deploy_targets import rollback
+    from components.smoke import render_html_report, require_pass, run_smoke
+
+    result = run_smoke(endpoint, requests=requests, ratio_a=ratio_a, p99_budget_ms=p99_budget_ms)
+    with open(report.path, "w", encoding="utf-8") as handle:
+        handle.write(render_html_report(result))
+    for name, value in result.as_metrics().items():
+        metrics.log_metric(name, value)
+    if not result.passed:
+        restored = rollback(record)
+        print(f"abflow: smoke failed, rolled back to {restored}", flush=True)
+    require_pass(result)
+    print(f"abflow: smoke passed ({result.describe()})", flush=True)
+
+
+def promote(artifact_root: str, model_name: str, version: str, run_id: str) -> str:
+    """Make the model that passed the smoke test the champion (arm A of the next run). The champion
+    pointer is swapped atomically, so racing scheduled runs lose no promotion."""
+    from components.registry import promote_version
+
+    champion = promote_version(artifact_root, model_name, version, run_id=run_id)
+    print(f"abflow: champion is now {champion.version}", flush=True)
+    return str(champion.version)
+
+
+STEP_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    train,
+    gate,
+    store,
+    build_image,
+    deploy_ab,
+    smoke_test,
+    promote,
+)
+
+
+@dataclass(frozen=True)
+class Components:
+    """The step components, built for one container image."""
+
+    train: Any
+    gate: Any
+    store: Any
+    build_image: Any
+    deploy_ab: Any
+    smoke_test: Any
+    promote: Any
+
+
+def make_components(image: str = DEFAULT_COMPONENTS_IMAGE) -> Components:
+    """Wrap every step for ``image``: an image holding abflow, so ``packages_to_install`` stays
+    empty and nothing is fetched when a step starts."""
+    built = {func.__name__: dsl.component(func, base_image=image, install_kfp_package=False) for func in STEP_FUNCTIONS}
+    return Components(**built)

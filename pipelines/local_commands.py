@@ -1,0 +1,212 @@
+"""``abflow run``, ``abflow compile`` and ``abflow predict``: the laptop half of the command line.
+
+``run`` takes one flag per pipeline parameter, generated from the pipeline's own signature so the
+two can never drift; only the help texts are written here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = Path("abflow-data")
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+TUTORIAL_PAYLOAD = {
+    "data": {
+        "names": ["sepallengthcm", "sepalwidthcm", "petallengthcm", "petalwidthcm"],
+        "tensor": {"shape": [1, 4], "values": [5.1, 3.5, 1.4, 0.2]},
+    }
+}
+
+PARAMETER_HELP = {
+    "ratio_a": "share of requests routed to arm A, the champion (0..1)",
+    "min_accuracy": "the gate: never deploy a model whose held-out accuracy is below this",
+    "max_regression": "the gate: never deploy a model this much less accurate than the champion",
+    "c": "LogisticRegression inverse regularisation strength",
+    "max_iter": "LogisticRegression solver iteration limit",
+    "test_size": "held-out share of the iris data for the metrics (0..1)",
+    "seed": "seed of the split and the solver",
+    "model_name": "model name in the artifact store (models/<name>/<version>/)",
+    "artifact_root": "artifact store: a local folder or gs://bucket/prefix",
+    "image_repo": "repository the serving image is tagged and pushed to",
+    "base_image": "Python base image of the serving image",
+    "builder": "image builder: none (record the build context only), auto, buildah or docker",
+    "target": "deploy target: local (processes on 127.0.0.1) or seldon (a SeldonDeployment)",
+    "namespace": "Kubernetes namespace (seldon target)",
+    "deployment_name": "name of the deployment (SeldonDeployment metadata.name)",
+    "local_state_dir": "where the local target keeps its releases and the running endpoint's state",
+    "local_port": "port of the local A/B endpoint; a new run replaces the graph on the same port",
+    "smoke_requests": "number of requests the smoke test sends",
+    "p99_budget_ms": "the smoke test fails when p99 latency exceeds this",
+}
+PATH_PARAMETERS = ("artifact_root", "local_state_dir")
+
+
+def add_commands(subparsers: Any) -> None:
+    from pipelines.pipeline import iris_ab_pipeline
+
+    run = subparsers.add_parser(
+        "run",
+        help="run the whole pipeline on this machine and leave an A/B endpoint on localhost",
+        description=(
+            "Run the abflow pipeline with Kubeflow Pipelines' local runner: train, gate, store, "
+            "build image, deploy the A/B graph on 127.0.0.1, smoke-test it, promote. The first run "
+            "serves the new model on both arms; later runs A/B-test the new model (arm B) against "
+            "the champion (arm A)."
+        ),
+        epilog="examples:\n  abflow run\n  abflow run --ratio-a 0.8 --local-port 8100\n"
+        "  abflow run --artifact-root gs://my-bucket/abflow",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="local folder for run outputs and logs, and the default artifact root (default: %(default)s)",
+    )
+    converters = {"Float": float, "Integer": int, "String": str}
+    for name, spec in iris_ab_pipeline.component_spec.inputs.items():
+        default = None if name in PATH_PARAMETERS else spec.default
+        shown = "<data-dir>" if name in PATH_PARAMETERS else default
+        run.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=converters[spec.type],
+            default=default,
+            help=f"{PARAMETER_HELP[name]} (default: {shown})",
+        )
+    run.set_defaults(handler=run_command)
+
+    compile_parser = subparsers.add_parser(
+        "compile",
+        help="write the pipeline as KFP YAML for the KFP UI or `kfp run create`",
+        description="Compile the pipeline to KFP v2 IR YAML.",
+        epilog="examples:\n  abflow compile -o iris_ab_pipeline.yaml "
+        "--components-image registry.example.com/ml/abflow-components:0.1.0\n"
+        "  abflow compile --regenerate   # rewrite the checked-in YAML files",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compile_parser.add_argument("-o", "--output", type=Path, default=Path("iris_ab_pipeline.yaml"))
+    compile_parser.add_argument(
+        "--components-image",
+        default=None,
+        help="image holding abflow that every step runs in (build it from components/Containerfile)",
+    )
+    compile_parser.add_argument(
+        "--regenerate", action="store_true", help="rewrite the YAML files checked into the repository"
+    )
+    compile_parser.set_defaults(handler=compile_command)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="send the tutorial's prediction request to an endpoint",
+        description="POST the tutorial's iris payload to /api/v1.0/predictions and print the response.",
+        epilog="examples:\n  abflow predict\n  abflow predict --values 6.7 3.0 5.2 2.3 --url http://127.0.0.1:8100",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("--url", default=DEFAULT_ENDPOINT, help="endpoint base URL (default: %(default)s)")
+    predict.add_argument("--values", type=float, nargs=4, metavar="X", help="the four iris features")
+    predict.add_argument("--token", help="OAuth bearer token, when the graph requires one")
+    predict.set_defaults(handler=predict_command)
+
+
+def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.pipeline import iris_ab_pipeline
+
+    data_dir = args.data_dir.resolve()
+    arguments = {name: getattr(args, name) for name in iris_ab_pipeline.component_spec.inputs}
+    for name in PATH_PARAMETERS:
+        value = arguments[name] or str(data_dir)
+        arguments[name] = value if value.startswith("gs://") else str(Path(value).resolve())
+    return arguments
+
+
+def check_arguments(arguments: dict[str, Any]) -> list[str]:
+    """Catch parameters that would fail late, before a minute of training is spent on them."""
+    problems = []
+    if not 0.0 <= arguments["ratio_a"] <= 1.0:
+        problems.append(f"--ratio-a must be between 0 and 1, got {arguments['ratio_a']}")
+    if not 0.0 < arguments["test_size"] < 1.0:
+        problems.append(f"--test-size must be between 0 and 1 (exclusive), got {arguments['test_size']}")
+    if arguments["smoke_requests"] < 1:
+        problems.append(f"--smoke-requests must be at least 1, got {arguments['smoke_requests']}")
+    if arguments["target"] not in ("local", "seldon"):
+        problems.append(f"--target must be local or seldon, got {arguments['target']!r}")
+    return problems
+
+
+def curl_line(endpoint: str) -> str:
+    return (
+        f"curl -s -X POST {endpoint.rstrip('/')}/api/v1.0/predictions "
+        f"-H 'Content-Type: application/json' -d '{json.dumps(TUTORIAL_PAYLOAD, separators=(',', ':'))}'"
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from pipelines.local_run import PipelineRunFailed, run_locally
+
+    arguments = pipeline_arguments(args)
+    problems = check_arguments(arguments)
+    if problems:
+        for problem in problems:
+            print(f"abflow run: {problem}", file=sys.stderr)
+        return 2
+    print(f"abflow run: pipeline iris-ab, artifacts in {arguments['artifact_root']}", file=sys.stderr)
+    try:
+        result = run_locally(arguments, data_dir=args.data_dir.resolve())
+    except PipelineRunFailed as failure:
+        print(f"abflow run: {failure}", file=sys.stderr)
+        return 1
+    endpoint = f"http://127.0.0.1:{arguments['local_port']}" if arguments["target"] == "local" else ""
+    print(f"abflow run: done in {result.seconds:.1f}s (log: {result.log_path})", file=sys.stderr)
+    if endpoint:
+        print(f"\nA/B endpoint: {endpoint}/api/v1.0/predictions\ntry it:\n  {curl_line(endpoint)}")
+        print("  abflow predict\nstop it:\n  abflow down")
+    return 0
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    from components.steps import DEFAULT_COMPONENTS_IMAGE
+    from pipelines.compiled import compile_pipeline, regenerate
+
+    if args.regenerate:
+        for path in regenerate():
+            print(f"wrote {path}")
+        return 0
+    output = compile_pipeline(args.output, args.components_image or DEFAULT_COMPONENTS_IMAGE)
+    print(f"wrote {output}")
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    payload = json.loads(json.dumps(TUTORIAL_PAYLOAD))
+    if args.values:
+        payload["data"]["tensor"]["values"] = args.values
+    headers = {"Content-Type": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    request = urllib.request.Request(
+        f"{args.url.rstrip('/')}/api/v1.0/predictions",
+        data=json.dumps(payload).encode(),
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(json.dumps(json.loads(response.read()), indent=2))
+            return 0
+    except urllib.error.HTTPError as error:
+        print(error.read().decode(errors="replace"), file=sys.stderr)
+        return 1
+    except urllib.error.URLError as error:
+        print(
+            f"abflow predict: cannot reach {args.url} ({error.reason}); is the endpoint up? "
+            "Check with `abflow status`, or start one with `abflow run`.",
+            file=sys.stderr,
+        )
+        return 1

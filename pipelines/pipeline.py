@@ -1,0 +1,99 @@
+"""The abflow DAG: train → gate → store → build image → deploy A/B → smoke test → promote.
+
+One pipeline function serves every way users start it: the KFP UI and ``kfp run create`` (the
+compiled YAML), ``abflow submit``/``abflow schedule`` and ``abflow run`` (the same function under
+``kfp.local``). Every knob is a typed pipeline parameter. Caching is off on every step: a scheduled
+retrain with unchanged parameters must retrain, redeploy and re-check, not replay yesterday's run.
+"""
+
+from typing import Any
+
+from kfp import dsl
+
+from components.steps import DEFAULT_COMPONENTS_IMAGE, make_components
+
+PIPELINE_NAME = "iris-ab"
+STEP_NAMES = ("train", "gate", "store", "build-image", "deploy-ab", "smoke-test", "promote")
+
+
+def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
+    """Build the pipeline whose steps run in ``components_image`` (an image holding abflow)."""
+    steps = make_components(components_image)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=(
+            "Retrain the sklearn iris classifier, gate it, store it, build its serving image, deploy "
+            "it as arm B of a RANDOM_ABTEST graph against the champion, smoke-test the endpoint "
+            "(rolling back on failure) and promote it."
+        ),
+    )
+    def iris_ab(
+        ratio_a: float = 0.5,
+        min_accuracy: float = 0.9,
+        max_regression: float = 0.02,
+        c: float = 1.0,
+        max_iter: int = 200,
+        test_size: float = 0.25,
+        seed: int = 42,
+        model_name: str = "iris",
+        artifact_root: str = "abflow-data",
+        image_repo: str = "localhost:5000/abflow/iris-server",
+        base_image: str = "python:3.11-slim",
+        builder: str = "none",
+        target: str = "local",
+        namespace: str = "seldon",
+        deployment_name: str = "iris-ab",
+        local_state_dir: str = "abflow-data",
+        local_port: int = 8000,
+        smoke_requests: int = 200,
+        p99_budget_ms: float = 500.0,
+    ) -> str:
+        trained = steps.train(c=c, max_iter=max_iter, test_size=test_size, seed=seed)
+        gated = steps.gate(
+            summary=trained.outputs["summary"],
+            artifact_root=artifact_root,
+            model_name=model_name,
+            min_accuracy=min_accuracy,
+            max_regression=max_regression,
+        )
+        stored = steps.store(
+            model=trained.outputs["model"],
+            summary=trained.outputs["summary"],
+            artifact_root=artifact_root,
+            model_name=model_name,
+            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        ).after(gated)
+        image = steps.build_image(builder=builder, image_repo=image_repo, base_image=base_image).after(gated)
+        deployed = steps.deploy_ab(
+            target=target,
+            model_a_uri=stored.outputs["model_a_uri"],
+            model_b_uri=stored.outputs["model_b_uri"],
+            ratio_a=ratio_a,
+            image_ref=image.outputs["image_ref"],
+            namespace=namespace,
+            deployment_name=deployment_name,
+            local_state_dir=local_state_dir,
+            local_port=local_port,
+        )
+        smoked = steps.smoke_test(
+            endpoint=deployed.outputs["endpoint"],
+            record=deployed.outputs["record"],
+            ratio_a=ratio_a,
+            requests=smoke_requests,
+            p99_budget_ms=p99_budget_ms,
+        )
+        promoted = steps.promote(
+            artifact_root=artifact_root,
+            model_name=model_name,
+            version=stored.outputs["version"],
+            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        ).after(smoked)
+        for task in (trained, gated, stored, image, deployed, smoked, promoted):
+            task.set_caching_options(False)
+        return deployed.outputs["endpoint"]  # type: ignore[no-any-return]
+
+    return iris_ab
+
+
+iris_ab_pipeline = build_pipeline()

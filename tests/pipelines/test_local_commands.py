@@ -1,0 +1,65 @@
+"""The laptop command line: flags mirror the pipeline, bad parameters fail before any work."""
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.cli import build_parser, main
+from pipelines.local_commands import PARAMETER_HELP, check_arguments, pipeline_arguments
+from pipelines.local_run import ProgressLog
+from pipelines.pipeline import iris_ab_pipeline
+
+
+def test_every_pipeline_parameter_has_a_flag_with_help() -> None:
+    assert set(PARAMETER_HELP) == set(iris_ab_pipeline.component_spec.inputs)
+    args = build_parser().parse_args(["run", "--ratio-a", "0.3", "--smoke-requests", "50"])
+    arguments = pipeline_arguments(args)
+    assert arguments["ratio_a"] == 0.3 and arguments["smoke_requests"] == 50
+    assert arguments["artifact_root"].endswith("abflow-data")
+
+
+def test_gcs_artifact_root_is_passed_through_untouched() -> None:
+    args = build_parser().parse_args(["run", "--artifact-root", "gs://bucket/prefix"])
+    assert pipeline_arguments(args)["artifact_root"] == "gs://bucket/prefix"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--ratio-a", "1.5", "--ratio-a must be between 0 and 1, got 1.5"),
+        ("--test-size", "1", "--test-size must be between 0 and 1"),
+        ("--smoke-requests", "0", "--smoke-requests must be at least 1"),
+        ("--target", "kserve", "--target must be local or seldon"),
+    ],
+)
+def test_bad_parameters_are_rejected_before_running(flag: str, value: str, message: str) -> None:
+    args = build_parser().parse_args(["run", flag, value])
+    assert any(message in problem for problem in check_arguments(pipeline_arguments(args)))
+
+
+def test_run_with_a_bad_ratio_exits_2_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--ratio-a", "1.5"]) == 2
+    assert "--ratio-a must be between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
+def test_help_explains_the_commands() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--ratio-a" in result.stdout and "examples:" in result.stdout
+
+
+def test_progress_log_reports_steps_and_keeps_the_failure_reason() -> None:
+    log, terminal = io.StringIO(), io.StringIO()
+    progress = ProgressLog(log=log, terminal=terminal)
+    progress.write("08:00:00 - INFO - Executing task \x1b[96m'train'\x1b[0m\n")
+    progress.write("    abflow: trained, accuracy 0.974\n")
+    progress.write("08:00:01 - INFO - Task \x1b[96m'train'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    progress.write("08:00:01 - INFO - Executing task 'gate'\n    components.gating.GateFailed: accuracy 0.5")
+    progress.write(" is below min_accuracy 0.9\nTask 'gate' finished with status FAILURE\n")
+    shown = terminal.getvalue()
+    assert "[1/7] train ..." in shown and "trained, accuracy 0.974" in shown and "FAILED" in shown
+    assert progress.last_error == {"gate": "GateFailed: accuracy 0.5 is below min_accuracy 0.9"}
+    assert "Executing task" in log.getvalue()
