@@ -1,0 +1,407 @@
+"""One way to read and write the artifact store, whether it is a local folder or a GCS bucket.
+
+``open_store(uri)`` turns a path, a ``file://`` URI or a ``gs://bucket/prefix`` URI into a ``Store``;
+nothing else in abflow branches on the scheme (the KServe storage idea). Keys are ``/``-separated
+paths relative to the store's root, identical on both backends.
+
+Two guarantees matter beyond plain bytes in, bytes out:
+
+* **Atomic writes.** A reader never sees half a file: locally every write goes to a temporary file
+  that replaces the target with ``os.replace``; GCS object writes are atomic by nature.
+* **Compare-and-swap.** ``read_versioned`` + ``write_if_unchanged`` let two pipeline runs update the
+  same small file (the champion pointer) without losing either update. On GCS this is the object
+  generation with an ``if_generation_match`` precondition; locally it is a content token checked and
+  written while holding an exclusive ``flock`` on a sidecar lock file.
+
+``google-cloud-storage`` is imported only when a ``gs://`` store is opened, so the serving image
+needs it only for GCS models, and every network call has a short deadline so that an unreachable
+bucket fails in seconds with a message that says what to check, rather than hanging for minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NewType, Protocol
+from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from google.cloud.storage import Bucket
+
+Generation = NewType("Generation", int)
+"""An opaque version token for one key, as returned by ``read_versioned``; pass it back unchanged.
+
+``ABSENT`` (0) means "the key does not exist", mirroring GCS's ``if_generation_match=0``."""
+
+ABSENT = Generation(0)
+
+DEFAULT_DEADLINE_S = 10.0
+"""Total time one GCS operation may spend retrying before it gives up. Short on purpose: a pipeline
+step pointed at a wrong bucket or emulator should fail within ~15 s and say why, not after the client
+library's default two minutes."""
+
+EMULATOR_PROJECT = "abflow-local"
+
+
+class StoreError(RuntimeError):
+    """The store could not do what was asked; the message names the URI and what to check."""
+
+
+class NotFoundInStore(StoreError):
+    """The key does not exist in the store (the message names its full URI)."""
+
+
+class Store(Protocol):
+    """A place that holds keyed bytes: a local folder or a GCS prefix."""
+
+    @property
+    def uri(self) -> str:
+        """The store's root, as a URI that ``open_store`` accepts."""
+        ...
+
+    def uri_for(self, key: str) -> str:
+        """The full URI of ``key`` (a file or a folder), usable by other processes and machines."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` atomically, replacing what was there; return the key's URI."""
+        ...
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key that starts with ``prefix`` (a plain string prefix, as GCS lists), sorted."""
+        ...
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, Generation]:
+        """The current bytes (``None`` when missing) and the token ``write_if_unchanged`` expects."""
+        ...
+
+    def write_if_unchanged(self, key: str, data: bytes, generation: Generation) -> bool:
+        """Write only if ``key`` is still at ``generation`` (``ABSENT``: still missing).
+
+        Returns ``False``, writing nothing, when someone else changed the key in between; the caller
+        re-reads and retries its read-modify-write."""
+        ...
+
+
+def open_store(uri: str, *, deadline_s: float = DEFAULT_DEADLINE_S) -> Store:
+    """Open the store at a local path, ``file:///abs/path`` or ``gs://bucket[/prefix]``.
+
+    ``deadline_s`` bounds each GCS operation including retries; it has no effect on local stores."""
+    if not uri:
+        raise StoreError("empty artifact store URI: give a folder, file:///abs/path or gs://bucket/prefix")
+    parsed = urlparse(uri)
+    if parsed.scheme == "gs":
+        if not parsed.netloc:
+            raise StoreError(f"{uri!r} names no bucket: use gs://<bucket>/<prefix>")
+        return GcsStore(parsed.netloc, parsed.path.strip("/"), deadline_s=deadline_s)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StoreError(
+                f"{uri!r} is not an absolute file URI (host {parsed.netloc!r}): use file:///abs/path "
+                "or a plain path"
+            )
+        return LocalStore(Path(unquote(parsed.path)))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, i.e. a path
+        raise StoreError(
+            f"unsupported artifact store scheme {parsed.scheme!r} in {uri!r}: use a folder, "
+            "file:///abs/path or gs://bucket/prefix"
+        )
+    return LocalStore(Path(uri))
+
+
+def check_key(key: str) -> str:
+    """Reject keys that would escape the root or collide with the local store's hidden lock and
+    temporary files (names starting with ``.``); both backends accept exactly the same keys."""
+    parts = key.split("/")
+    if not key or any(not part or part.startswith(".") for part in parts):
+        raise StoreError(
+            f"invalid store key {key!r}: use '/'-separated names without empty parts, leading '/' "
+            "or parts starting with '.'"
+        )
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Validate a listing prefix and return its folder part (``""`` for the root): everything up to
+    the last ``/`` must be a valid key; the last part is a partial name and may be empty."""
+    folder = prefix.rpartition("/")[0]
+    if folder:
+        check_key(folder)
+    elif prefix.startswith("/"):
+        check_key(prefix)
+    return folder
+
+
+def content_token(data: bytes) -> Generation:
+    """A non-zero token derived from the content: equal tokens mean equal bytes, which is all a
+    compare-and-swap needs (rewriting a file that still holds what we read loses nothing)."""
+    return Generation(int.from_bytes(hashlib.sha256(data).digest()[:7], "big") + 1)
+
+
+class LocalStore:
+    """A folder on this machine (or a mounted volume that supports ``flock``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().absolute()
+
+    @property
+    def uri(self) -> str:
+        return self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.uri!r})"
+
+    def path_for(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def uri_for(self, key: str) -> str:
+        return self.path_for(key).as_uri()
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self.path_for(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFoundInStore(f"{path.as_uri()} does not exist") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path.as_uri()}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        path = self.path_for(key)
+        with self._locked(path):
+            self._replace(path, data)
+        return path.as_uri()
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        # Walk only the deepest folder the prefix names; the prefix's last part filters names there.
+        folder = self.root / check_prefix(prefix)
+        keys: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+            base = Path(dirpath).relative_to(self.root)
+            for name in filenames:
+                key = (base / name).as_posix()
+                if not name.startswith(".") and key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, Generation]:
+        try:
+            data = self.read_bytes(key)
+        except NotFoundInStore:
+            return None, ABSENT
+        return data, content_token(data)
+
+    def write_if_unchanged(self, key: str, data: bytes, generation: Generation) -> bool:
+        path = self.path_for(key)
+        with self._locked(path):
+            try:
+                current = content_token(path.read_bytes())
+            except FileNotFoundError:
+                current = ABSENT
+            if current != generation:
+                return False
+            self._replace(path, data)
+        return True
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        """Hold an exclusive lock on ``path``'s sidecar ``.<name>.lock`` (never removed: deleting a
+        lock file others may be waiting on would let two writers in at once)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot write under {path.parent.as_uri()}: {exc}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)  # closing the descriptor releases the flock
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        """Write a hidden temporary file beside ``path``, flush it to disk, then rename it over
+        ``path``: readers see the old bytes or the new ones, never a mix, even after a crash."""
+        temp = ""
+        try:
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except OSError as exc:
+            if temp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+            raise StoreError(f"cannot write {path.as_uri()}: {exc}") from exc
+
+
+class GcsStore:
+    """Objects under ``gs://<bucket>/<prefix>`` through the official ``google-cloud-storage`` client.
+
+    With ``STORAGE_EMULATOR_HOST`` set (fake-gcs-server in tests and local runs) the client talks to
+    that endpoint with anonymous credentials; otherwise it uses Application Default Credentials."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+        self.bucket_name = bucket
+        self.prefix = prefix
+        self.deadline_s = deadline_s
+        self._bucket = self._connect()
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{self.bucket_name}/{self.prefix}" if self.prefix else f"gs://{self.bucket_name}"
+
+    def __repr__(self) -> str:
+        return f"GcsStore({self.uri!r})"
+
+    def uri_for(self, key: str) -> str:
+        return f"gs://{self.bucket_name}/{self._name(key)}"
+
+    def read_bytes(self, key: str) -> bytes:
+        data, _ = self._download(key)
+        if data is None:
+            raise NotFoundInStore(
+                f"{self.uri_for(key)} does not exist (or bucket {self.bucket_name!r} does not)"
+            )
+        return data
+
+    def exists(self, key: str) -> bool:
+        with self._translate(key, action="read"):
+            return bool(self._bucket.blob(self._name(key)).exists(**self._call_options()))
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        with self._translate(key, action="write"):
+            self._bucket.blob(self._name(key)).upload_from_string(data, **self._call_options())
+        return self.uri_for(key)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        check_prefix(prefix)
+        with self._translate(prefix, action="list"):
+            blobs = self._bucket.client.list_blobs(
+                self._bucket, prefix=root + prefix, **self._call_options()
+            )
+            return sorted(blob.name[len(root):] for blob in blobs)
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, Generation]:
+        return self._download(key)
+
+    def write_if_unchanged(self, key: str, data: bytes, generation: Generation) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self._bucket.blob(self._name(key))
+        try:
+            with self._translate(key, action="write"):
+                blob.upload_from_string(data, if_generation_match=generation, **self._call_options())
+        except StoreError as exc:
+            if isinstance(exc.__cause__, PreconditionFailed):
+                return False
+            raise
+        return True
+
+    def _name(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call_options(self) -> dict[str, Any]:
+        """Per-call retry and timeout: retry transient errors until the deadline, and never let one
+        attempt (connect or a silent peer) use more than half of it."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        attempt_s = self.deadline_s / 2
+        return {"retry": DEFAULT_RETRY.with_timeout(self.deadline_s), "timeout": (attempt_s, attempt_s)}
+
+    def _download(self, key: str) -> tuple[bytes | None, Generation]:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._bucket.blob(self._name(key))
+        try:
+            with self._translate(key, action="read"):
+                data = blob.download_as_bytes(**self._call_options())
+        except StoreError as exc:
+            if isinstance(exc.__cause__, NotFound):
+                return None, ABSENT
+            raise
+        # The download response carries the generation of exactly the bytes it returned.
+        return data, Generation(int(blob.generation or 0))
+
+    @contextlib.contextmanager
+    def _translate(self, key: str, *, action: str) -> Iterator[None]:
+        """Turn the client's many exception types into one ``StoreError`` that says what to check.
+        The original is kept as ``__cause__`` so callers can still tell 404 and 412 apart."""
+        from google.api_core.exceptions import (
+            Forbidden,
+            GoogleAPIError,
+            NotFound,
+            RetryError,
+            Unauthorized,
+        )
+        from google.auth.exceptions import GoogleAuthError
+        from requests.exceptions import RequestException
+
+        target = "/".join(part for part in (self.uri, key) if part)
+        try:
+            yield
+        except NotFound as exc:
+            hint = "it does not exist" if action == "read" else f"bucket {self.bucket_name!r} does not exist"
+            raise StoreError(f"{target}: {hint} ({exc.code} {exc.message})") from exc
+        except (Unauthorized, Forbidden) as exc:
+            raise StoreError(
+                f"{target}: access denied ({exc.code} {exc.message}); check the credentials "
+                "(GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth application-default login`) and that "
+                f"they may {action} in bucket {self.bucket_name!r}"
+            ) from exc
+        except (RetryError, RequestException, GoogleAuthError, GoogleAPIError, OSError) as exc:
+            reason = exc.__cause__ if isinstance(exc, RetryError) and exc.__cause__ else exc
+            raise StoreError(
+                f"cannot reach {target} within {self.deadline_s:g}s: {type(reason).__name__}: {reason}; "
+                f"check the network, {self._endpoint_hint()}, the credentials and that bucket "
+                f"{self.bucket_name!r} exists"
+            ) from exc
+
+    @staticmethod
+    def _endpoint_hint() -> str:
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        if emulator:
+            return f"that the emulator at STORAGE_EMULATOR_HOST={emulator} is running"
+        return "STORAGE_EMULATOR_HOST (unset: talking to Google Cloud Storage itself)"
+
+    def _connect(self) -> Bucket:
+        try:
+            from google.cloud import storage
+        except ImportError as exc:
+            raise StoreError(
+                f"{self.uri} needs the google-cloud-storage package: pip install google-cloud-storage"
+            ) from exc
+        from google.auth.exceptions import GoogleAuthError
+
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            from google.auth.credentials import AnonymousCredentials
+
+            anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]  # google-auth is untyped here
+            client = storage.Client(project=EMULATOR_PROJECT, credentials=anonymous)
+        else:
+            try:
+                client = storage.Client()
+            except GoogleAuthError as exc:
+                raise StoreError(
+                    f"no Google Cloud credentials for {self.uri}: {exc}; set "
+                    "GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`, "
+                    "or point STORAGE_EMULATOR_HOST at a GCS emulator"
+                ) from exc
+        return client.bucket(self.bucket_name)
