@@ -1,0 +1,69 @@
+"""The quality gate: each way to pass and each way to fail, with the number that missed."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.gating import GateFailed, check_gate
+
+
+def test_first_model_above_the_floor_passes() -> None:
+    decision = check_gate({"accuracy": 0.95}, min_accuracy=0.9, champion_metrics=None, max_regression=0.02)
+    assert decision.champion_accuracy is None
+    assert decision.as_metrics() == {"accuracy": 0.95, "min_accuracy": 0.9, "max_regression": 0.02}
+    assert "no champion yet" in decision.describe()
+
+
+def test_below_the_floor_fails_naming_both_numbers() -> None:
+    with pytest.raises(GateFailed, match=r"accuracy 0.81 is below min_accuracy 0.9: the new model is not "
+                                         r"deployed; lower --min-accuracy or fix the training data"):
+        check_gate({"accuracy": 0.81}, min_accuracy=0.9, champion_metrics=None, max_regression=0.02)
+
+
+def test_exactly_at_the_limits_passes_despite_float_noise() -> None:
+    decision = check_gate({"accuracy": 0.85}, min_accuracy=0.85, champion_metrics={"accuracy": 0.9},
+                          max_regression=0.05)
+    assert decision.as_metrics()["accuracy_change_vs_champion"] == pytest.approx(-0.05)
+
+
+def test_within_the_allowed_regression_passes() -> None:
+    decision = check_gate({"accuracy": 0.92}, min_accuracy=0.8, champion_metrics={"accuracy": 0.95},
+                          max_regression=0.05)
+    assert decision.champion_accuracy == 0.95
+    assert "champion accuracy 0.95" in decision.describe()
+
+
+def test_better_than_the_champion_passes_with_zero_regression_allowed() -> None:
+    check_gate({"accuracy": 0.97}, min_accuracy=0.8, champion_metrics={"accuracy": 0.95}, max_regression=0)
+
+
+def test_worse_than_the_champion_fails_naming_both_numbers() -> None:
+    with pytest.raises(GateFailed, match=r"accuracy 0.9 is worse than the champion's 0.97 by 0.07, more "
+                                         r"than max_regression 0.02.*--max-regression"):
+        check_gate({"accuracy": 0.9}, min_accuracy=0.8, champion_metrics={"accuracy": 0.97},
+                   max_regression=0.02)
+
+
+def test_nan_accuracy_never_passes() -> None:
+    with pytest.raises(GateFailed, match="NaN"):
+        check_gate({"accuracy": float("nan")}, min_accuracy=0.0, champion_metrics=None, max_regression=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_accuracy": 1.5}, r"min_accuracy must be in \[0, 1\], got 1.5"),
+        ({"max_regression": -0.1}, "max_regression must be >= 0"),
+        ({"max_regression": float("nan")}, "max_regression must be >= 0"),
+        ({"champion_metrics": {"f1_macro": 0.9}}, r"champion's metrics \(champion.json\) have no 'accuracy'"),
+    ],
+)
+def test_bad_inputs_are_named(kwargs: dict[str, object], message: str) -> None:
+    arguments: dict[str, object] = {"min_accuracy": 0.8, "champion_metrics": None, "max_regression": 0.02}
+    with pytest.raises(ValueError, match=message):
+        check_gate({"accuracy": 0.9}, **{**arguments, **kwargs})  # type: ignore[arg-type]
+
+
+def test_metrics_without_accuracy_are_named() -> None:
+    with pytest.raises(ValueError, match=r"new model's metrics have no 'accuracy' \(found \['f1_macro'\]\)"):
+        check_gate({"f1_macro": 0.9}, min_accuracy=0.8, champion_metrics=None, max_regression=0.02)
