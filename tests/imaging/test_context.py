@@ -1,0 +1,212 @@
+"""Build contexts and their content tags, requirement pins, and builder resolution: no image is built.
+
+Builder resolution and the docker path run against stub executables on PATH (docker cannot run
+here); the real buildah build is in test_buildah.py.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from components.imaging import (
+    CONSTRAINTS_FILE,
+    CONTAINERFILE,
+    MODEL_RUNTIME_PACKAGES,
+    REQUIREMENTS_FILE,
+    SERVING_PACKAGES,
+    ImageBuildError,
+    build_image,
+    context_digest,
+    make_build_context,
+    make_components_build_context,
+    registry_has_tag,
+    requirements_text,
+    resolve_builder,
+)
+from tests.fixtures.processes import free_port
+
+REPO = "registry.example.com/ml/iris-server"
+
+
+def requirement_pins(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        name, sep, version = line.partition("==")
+        assert sep and name and version, f"unpinned requirement line {line!r}"
+        pins[name] = version
+    return pins
+
+
+def test_identical_contexts_get_the_same_tag(tmp_path: Path) -> None:
+    first = make_build_context(tmp_path / "a")
+    second = make_build_context(tmp_path / "b")
+    assert first.tag == second.tag
+    assert len(first.tag) == 12 and int(first.tag, 16) >= 0
+    assert first.digest_inputs == second.digest_inputs
+
+
+def test_tag_changes_with_base_image_versions_and_any_file(tmp_path: Path) -> None:
+    base = make_build_context(tmp_path / "base")
+    other_base = make_build_context(tmp_path / "slim-bookworm", base_image="python:3.11-slim-bookworm")
+    older_sklearn = make_build_context(tmp_path / "old", versions={"sklearn": "1.5.2"})
+    assert len({base.tag, other_base.tag, older_sklearn.tag}) == 3
+
+    edited = tmp_path / "edited"
+    shutil.copytree(base.path, edited)
+    with (edited / "serving" / "artifact.py").open("a") as handle:
+        handle.write("\n")
+    assert context_digest(edited, base.base_image)[0][:12] != base.tag
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(base.path, renamed)
+    (renamed / "serving" / "artifact.py").rename(renamed / "serving" / "artifact2.py")
+    assert context_digest(renamed, base.base_image)[0][:12] != base.tag
+
+
+def test_context_holds_only_what_the_image_needs(tmp_path: Path) -> None:
+    context = make_build_context(tmp_path / "ctx")
+    files = sorted(p.relative_to(context.path).as_posix() for p in context.path.rglob("*") if p.is_file())
+    assert files[:2] == [CONTAINERFILE, REQUIREMENTS_FILE]
+    assert "serving/modelserver.py" in files or "serving/artifact.py" in files
+    assert all(f.startswith("serving/") and "__pycache__" not in f for f in files[2:])
+    assert set(context.digest_inputs) == {*files, "BASE_IMAGE"}
+    containerfile = (context.path / CONTAINERFILE).read_text()
+    assert "FROM ${BASE_IMAGE}" in containerfile
+    assert 'ENTRYPOINT ["python3", "-m", "serving.modelserver"]' in containerfile
+
+
+def test_requirements_pin_the_installed_model_runtime_and_server_deps(tmp_path: Path) -> None:
+    context = make_build_context(tmp_path / "ctx")
+    pins = requirement_pins((context.path / REQUIREMENTS_FILE).read_text())
+    assert set(pins) == {*MODEL_RUNTIME_PACKAGES, *SERVING_PACKAGES}
+    for name, version in pins.items():
+        assert version == importlib.metadata.version(name), name
+
+
+def test_requirements_take_the_trainers_versions_from_model_metadata() -> None:
+    trainer = {"python": "3.11.9", "sklearn": "1.5.2", "joblib": "1.4.2", "numpy": "1.26.4"}
+    pins = requirement_pins(requirements_text(trainer))
+    assert pins["scikit-learn"] == "1.5.2"
+    assert pins["numpy"] == "1.26.4"
+    assert pins["joblib"] == "1.4.2"
+    assert pins["scipy"] == importlib.metadata.version("scipy"), "scipy is not in the metadata: keep ours"
+    assert "python" not in pins and "sklearn" not in pins
+
+
+@pytest.mark.parametrize("versions", [{"sklearn": "1.5.2\nevil==6.6.6"}, {"numpy": ""}, {"bad name": "1.0"}])
+def test_versions_that_would_corrupt_requirements_are_refused(versions: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="pip distribution name and version"):
+        requirements_text(versions)
+
+
+def test_context_folder_must_be_new_or_empty(tmp_path: Path) -> None:
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "leftover.txt").write_text("stale")
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_build_context(tmp_path / "ctx")
+
+
+def test_components_context_installs_abflow_with_pinned_dependencies(tmp_path: Path) -> None:
+    context = make_components_build_context(tmp_path / "a")
+    assert make_components_build_context(tmp_path / "b").tag == context.tag
+    root = context.path
+    assert (root / "pyproject.toml").is_file() and (root / "README.md").is_file()
+    for module in ("serving/artifact.py", "components/imaging.py", "pipelines/cli.py", "serving/Containerfile"):
+        assert (root / module).is_file(), module
+    assert "pip install" in (root / CONTAINERFILE).read_text()
+    pins = requirement_pins((root / CONSTRAINTS_FILE).read_text())
+    assert pins["scikit-learn"] == importlib.metadata.version("scikit-learn")
+    assert pins["kfp"] == importlib.metadata.version("kfp")
+    assert not any("__pycache__" in p.parts for p in root.rglob("*"))
+
+
+def test_components_context_needs_a_source_checkout(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="source checkout"):
+        make_components_build_context(tmp_path / "ctx", repo_root=tmp_path)
+
+
+def test_builder_none_records_the_context_and_tag(tmp_path: Path) -> None:
+    context = make_build_context(tmp_path / "ctx")
+    built = build_image(context, image_repo=REPO, builder="none")
+    assert built.ref == f"{REPO}:{context.tag}"
+    assert (built.tag, built.builder, built.context_path) == (context.tag, "none", context.path)
+    assert not built.pushed and not built.skipped_existing
+
+
+@pytest.mark.parametrize("repo", ["registry.example.com/ml/iris-server:v1", "iris@sha256:abc", ""])
+def test_image_repo_must_not_carry_a_tag(tmp_path: Path, repo: str) -> None:
+    context = make_build_context(tmp_path / "ctx")
+    with pytest.raises(ValueError, match="without tag or digest"):
+        build_image(context, image_repo=repo, builder="none")
+
+
+def stub(bin_dir: Path, name: str, script: str) -> None:
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An otherwise empty PATH, so only the stubs a test writes exist as builders."""
+    path = tmp_path / "bin"
+    path.mkdir()
+    monkeypatch.setenv("PATH", str(path))
+    return path
+
+
+def test_auto_falls_back_to_none_without_builders(bin_dir: Path) -> None:
+    assert resolve_builder("auto") == "none"
+
+
+def test_auto_prefers_buildah(bin_dir: Path) -> None:
+    stub(bin_dir, "docker", "exit 0")
+    stub(bin_dir, "buildah", "exit 0")
+    assert resolve_builder("auto") == "buildah"
+
+
+def test_auto_uses_docker_only_when_its_daemon_answers(bin_dir: Path) -> None:
+    stub(bin_dir, "docker", "exit 1")
+    assert resolve_builder("auto") == "none"
+    stub(bin_dir, "docker", '[ "$1" = info ] && exit 0; exit 1')
+    assert resolve_builder("auto") == "docker"
+
+
+def test_explicit_builder_must_be_installed_and_known(bin_dir: Path) -> None:
+    with pytest.raises(ImageBuildError, match="not installed"):
+        resolve_builder("buildah")
+    with pytest.raises(ValueError, match="auto, buildah, docker, none"):
+        resolve_builder("podman")
+
+
+def test_docker_builds_and_pushes_the_content_tag(bin_dir: Path, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    stub(bin_dir, "docker", f'echo "$*" >> {calls}; [ "$1 $2" = "image inspect" ] && exit 1; exit 0')
+    context = make_build_context(tmp_path / "ctx", base_image="python:3.11-slim-bookworm")
+    built = build_image(context, image_repo=REPO, builder="docker", push=False)
+    ref = f"{REPO}:{context.tag}"
+    assert calls.read_text().splitlines() == [
+        f"image inspect {ref}",
+        f"build --build-arg BASE_IMAGE=python:3.11-slim-bookworm -f {context.path}/Containerfile -t {ref} "
+        f"{context.path}",
+    ]
+    assert (built.builder, built.pushed, built.skipped_existing) == ("docker", False, False)
+
+
+def test_build_failure_shows_the_tools_output_and_what_to_do(bin_dir: Path, tmp_path: Path) -> None:
+    stub(bin_dir, "docker", '[ "$1" = build ] || exit 1; echo "step 4: pip: No matching distribution" >&2; exit 7')
+    context = make_build_context(tmp_path / "ctx")
+    with pytest.raises(ImageBuildError) as failure:
+        build_image(context, image_repo=REPO, builder="docker", push=False)
+    message = str(failure.value)
+    assert "exit 7" in message and "No matching distribution" in message
+    assert "what to do:" in message and "base image's Python" in message
+
+
+def test_an_unreachable_registry_means_build_it() -> None:
+    assert registry_has_tag(f"127.0.0.1:{free_port()}/abflow/iris-server:abc", tls_verify=False) is False
