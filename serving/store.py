@@ -102,7 +102,10 @@ def open_store(uri: str, *, deadline_s: float = DEFAULT_DEADLINE_S) -> Store:
     if parsed.scheme == "gs":
         if not parsed.netloc:
             raise StoreError(f"{uri!r} names no bucket: use gs://<bucket>/<prefix>")
-        return GcsStore(parsed.netloc, parsed.path.strip("/"), deadline_s=deadline_s)
+        prefix = parsed.path.strip("/")
+        if prefix:
+            check_key(prefix)
+        return GcsStore(parsed.netloc, prefix, deadline_s=deadline_s)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise StoreError(
@@ -305,13 +308,11 @@ class GcsStore:
         from google.api_core.exceptions import PreconditionFailed
 
         blob = self._bucket.blob(self._name(key))
-        try:
-            with self._translate(key, action="write"):
+        with self._translate(key, action="write"):
+            try:
                 blob.upload_from_string(data, if_generation_match=generation, **self._call_options())
-        except StoreError as exc:
-            if isinstance(exc.__cause__, PreconditionFailed):
+            except PreconditionFailed:  # 412: the object's generation moved on (or it now exists)
                 return False
-            raise
         return True
 
     def _name(self, key: str) -> str:
@@ -330,20 +331,18 @@ class GcsStore:
         from google.api_core.exceptions import NotFound
 
         blob = self._bucket.blob(self._name(key))
-        try:
-            with self._translate(key, action="read"):
+        with self._translate(key, action="read"):
+            try:
                 data = blob.download_as_bytes(**self._call_options())
-        except StoreError as exc:
-            if isinstance(exc.__cause__, NotFound):
+            except NotFound:
                 return None, ABSENT
-            raise
         # The download response carries the generation of exactly the bytes it returned.
         return data, Generation(int(blob.generation or 0))
 
     @contextlib.contextmanager
     def _translate(self, key: str, *, action: str) -> Iterator[None]:
-        """Turn the client's many exception types into one ``StoreError`` that says what to check.
-        The original is kept as ``__cause__`` so callers can still tell 404 and 412 apart."""
+        """Turn the client's many exception types into one ``StoreError`` that says what to check,
+        keeping the original as ``__cause__``."""
         from google.api_core.exceptions import (
             Forbidden,
             GoogleAPIError,
@@ -369,7 +368,8 @@ class GcsStore:
         except (RetryError, RequestException, GoogleAuthError, GoogleAPIError, OSError) as exc:
             reason = exc.__cause__ if isinstance(exc, RetryError) and exc.__cause__ else exc
             raise StoreError(
-                f"cannot reach {target} within {self.deadline_s:g}s: {type(reason).__name__}: {reason}; "
+                f"cannot {action} {target} (gave up within {self.deadline_s:g}s): "
+                f"{type(reason).__name__}: {reason}; "
                 f"check the network, {self._endpoint_hint()}, the credentials and that bucket "
                 f"{self.bucket_name!r} exists"
             ) from exc

@@ -48,6 +48,7 @@ def test_open_store_picks_the_backend(tmp_path: Path, gcs_emulator: str) -> None
 @pytest.mark.parametrize(
     ("uri", "message"),
     [("s3://bucket/x", "unsupported artifact store scheme 's3'"), ("gs://", "names no bucket"),
+     ("gs://bucket/a//b", "invalid store key 'a//b'"), ("gs://bucket/a/../b", "invalid store key"),
      ("file://host/x", "not an absolute file URI"), ("", "empty artifact store URI")],
 )
 def test_open_store_rejects_what_it_cannot_serve(uri: str, message: str) -> None:
