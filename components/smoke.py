@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from requests import RequestException, Session, Timeout
+from requests import RequestException, Session, Timeout, post
 from scipy.stats import binomtest
 
 from serving.artifact import DEFAULT_CLASS_NAMES, DEFAULT_FEATURE_NAMES
@@ -31,6 +31,7 @@ from serving.artifact import DEFAULT_CLASS_NAMES, DEFAULT_FEATURE_NAMES
 DEFAULT_ROUTER_NAME = "random-ab-test"
 DEFAULT_ARM_NAMES = ("classifier-1", "classifier-2")
 PREDICTIONS_PATH = "/api/v1.0/predictions"
+OAUTH_TOKEN_PATH = "/oauth/token"
 PROBABILITY_TOLERANCE = 1e-6
 # Fixed (not data-driven) edges so histograms from different runs can be compared by eye.
 LATENCY_EDGES_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
@@ -233,22 +234,44 @@ def run_smoke(endpoint_url: str, *, requests: int = 200, ratio_a: float,
               class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
               arm_names: Sequence[str] = DEFAULT_ARM_NAMES,
               p99_budget_ms: float = 500, concurrency: int = 4, min_p_value: float = 0.001,
-              timeout: float = 10) -> SmokeReport:
+              timeout: float = 10, oauth: tuple[str, str] | None = None) -> SmokeReport:
     """Send ``requests`` tutorial-format predictions over ``concurrency`` keep-alive connections and
     judge the answers. Never raises for a misbehaving endpoint (that is a failed report; see
-    ``require_pass``); raises ``ValueError`` only for arguments that make the test meaningless."""
+    ``require_pass``); raises ``ValueError`` only for arguments that make the test meaningless.
+
+    ``oauth`` is a graph's ``(spec.oauth_key, spec.oauth_secret)``: graphs like the tutorial's only
+    answer callers holding a bearer token from ``POST /oauth/token``, as Seldon's gateway did.
+    """
     _validate_arguments(requests, ratio_a, concurrency, p99_budget_ms, min_p_value, arm_names)
     url = predictions_url(endpoint_url)
     started = time.perf_counter()
+    headers, token_failure = _auth_headers(url, oauth, timeout)
     workers = min(concurrency, requests)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smoke") as pool:
-        chunks = pool.map(lambda w: _send_chunk(url, range(w, requests, workers), router_name,
+        chunks = pool.map(lambda w: _send_chunk(url, range(w, requests, workers), headers, router_name,
                                                 class_names, len(arm_names), timeout), range(workers))
         observations = [obs for chunk in chunks for obs in chunk]
     duration = time.perf_counter() - started
     return judge(observations, endpoint_url=endpoint_url, ratio_a=ratio_a, router_name=router_name,
                  class_names=class_names, arm_names=arm_names, p99_budget_ms=p99_budget_ms,
-                 min_p_value=min_p_value, timeout=timeout, duration_s=duration)
+                 min_p_value=min_p_value, timeout=timeout, duration_s=duration,
+                 extra_failures=[token_failure] if token_failure else [])
+
+
+def _auth_headers(url: str, oauth: tuple[str, str] | None, timeout: float) -> tuple[dict[str, str], str | None]:
+    """A bearer token for the whole run (one token, like one client), or the reason there is none."""
+    if oauth is None:
+        return {}, None
+    token_url = url[: url.index("/api/")] + OAUTH_TOKEN_PATH if "/api/" in url else url + OAUTH_TOKEN_PATH
+    try:
+        response = post(token_url, auth=oauth, data={"grant_type": "client_credentials"}, timeout=timeout)
+        token = response.json()["access_token"] if response.status_code == 200 else None
+    except (RequestException, ValueError, KeyError, TypeError) as exc:
+        return {}, f"smoke: could not get an OAuth token from {token_url} ({exc}): check that the endpoint is up"
+    if not isinstance(token, str):
+        return {}, (f"smoke: {token_url} refused the OAuth credentials (HTTP {response.status_code}: "
+                    f"{_error_info(response.content)}): pass the graph's spec.oauth_key and oauth_secret")
+    return {"Authorization": f"Bearer {token}"}, None
 
 
 def _validate_arguments(requests: int, ratio_a: float, concurrency: int, p99_budget_ms: float,
@@ -267,11 +290,12 @@ def _validate_arguments(requests: int, ratio_a: float, concurrency: int, p99_bud
         raise ValueError(f"an A/B graph has exactly two arms, got arm_names={list(arm_names)}")
 
 
-def _send_chunk(url: str, indices: range, router_name: str | None, class_names: Sequence[str],
-                arm_count: int, timeout: float) -> list[Observation]:
+def _send_chunk(url: str, indices: range, headers: Mapping[str, str], router_name: str | None,
+                class_names: Sequence[str], arm_count: int, timeout: float) -> list[Observation]:
     """One worker: its own ``requests.Session`` (sessions are not guaranteed thread-safe), reused for
     every request so latency measures the server, not TCP handshakes."""
     with Session() as session:
+        session.headers.update(headers)
         return [_send_one(session, url, IRIS_ROWS[i % len(IRIS_ROWS)], router_name, class_names,
                           arm_count, timeout) for i in indices]
 
@@ -316,10 +340,11 @@ def _error_info(content: bytes) -> str:
 
 def judge(observations: Sequence[Observation], *, endpoint_url: str, ratio_a: float,
           router_name: str | None, class_names: Sequence[str], arm_names: Sequence[str],
-          p99_budget_ms: float, min_p_value: float, timeout: float, duration_s: float) -> SmokeReport:
+          p99_budget_ms: float, min_p_value: float, timeout: float, duration_s: float,
+          extra_failures: Sequence[str] = ()) -> SmokeReport:
     """Turn raw observations into a report; separate from sending so the verdict logic reads alone."""
     total = len(observations)
-    failures: list[str] = []
+    failures: list[str] = list(extra_failures)
     errors_by_status: Counter[str] = Counter()
     problem_counts: Counter[str] = Counter()
     problem_examples: dict[str, str] = {}
@@ -384,9 +409,12 @@ def _error_failure(key: str, count: int, total: int, example: str, endpoint_url:
     if key == "connection-error":
         return (f"smoke: {count} of {total} requests could not reach {endpoint_url} ({example}): check that "
                 "the endpoint is up (`abflow status`) and that the URL and port are the deployed ones")
-    advice = ("the server failed: read its log (`abflow status` prints the path) and fix the cause, "
-              "then redeploy" if key.startswith("5")
-              else "the endpoint rejected the tutorial's request: check the URL path and the payload format")
+    if key.startswith("5"):
+        advice = "the server failed: read its log (`abflow status` prints the path) and fix the cause, then redeploy"
+    elif key in ("401", "403"):
+        advice = "the graph requires OAuth: pass oauth=(spec.oauth_key, spec.oauth_secret) of the deployed graph"
+    else:
+        advice = "the endpoint rejected the tutorial's request: check the URL path and the payload format"
     return f"smoke: {count} of {total} requests got HTTP {key} (e.g. {example!r}): {advice}"
 
 
@@ -481,7 +509,7 @@ h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 8px}
 .pass{background:#2f855a}.fail{background:#c53030}
 table{border-collapse:collapse}td,th{padding:3px 12px 3px 0;text-align:left;vertical-align:top}
 th{color:#4a5568;font-weight:500}ul.failures li{margin-bottom:6px;color:#742a2a}
-svg text{font:12px system-ui,sans-serif;fill:#2d3748}.muted{color:#718096}
+svg text{font:12px system-ui,sans-serif;fill:#2d3748}svg text.tick{font-size:10px}.muted{color:#718096}
 """
 
 
@@ -568,7 +596,8 @@ def _latency_chart(report: SmokeReport) -> str:
              f'<text x="0" y="{top + 4}">{peak}</text><text x="0" y="{top + plot_h}">0</text>']
     for bucket, label in enumerate(labels):
         x0 = left + bucket * group_w
-        parts.append(f'<text x="{x0 + group_w / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+        parts.append(f'<text x="{x0 + group_w / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+                     'class="tick">'
                      f'{html.escape(label)}</text>')
         for s, (arm, counts) in enumerate(series):
             bar_h = plot_h * counts[bucket] / peak
