@@ -309,19 +309,18 @@ def _send_one(session: Session, url: str, row: Sequence[float], router_name: str
     except Timeout:
         return Observation(status=None, error="timeout", latency_ms=None, check=None)
     except RequestException as exc:
-        return Observation(status=None, error=f"connection-error: {type(exc).__name__}: {exc}",
-                            latency_ms=None, check=None)
+        error = f"connection-error: {type(exc).__name__}: {exc}"
+        return Observation(status=None, error=error, latency_ms=None, check=None)
     latency_ms = (time.perf_counter() - started) * 1000.0
     if response.status_code != 200:
         return Observation(status=response.status_code, error=_error_info(content), latency_ms=latency_ms,
-                            check=None)
+                           check=None)
     try:
         body = json.loads(content)
     except ValueError:
-        return Observation(status=200, error=None, latency_ms=latency_ms,
-                            check=ResponseCheck(arm=None, router=None,
-                                                problems={NOT_JSON: _preview(content[:200].decode("utf-8",
-                                                                                                  "replace"))}))
+        not_json = ResponseCheck(arm=None, router=None,
+                                 problems={NOT_JSON: _preview(content[:200].decode("utf-8", "replace"))})
+        return Observation(status=200, error=None, latency_ms=latency_ms, check=not_json)
     check = check_response(body, router_name=router_name, class_names=class_names, arm_count=arm_count)
     return Observation(status=200, error=None, latency_ms=latency_ms, check=check)
 
@@ -388,8 +387,8 @@ def judge(observations: Sequence[Observation], *, endpoint_url: str, ratio_a: fl
     if latencies.size and latency["p99"] > p99_budget_ms:
         failures.append(
             f"smoke: p99 latency {latency['p99']:.1f} ms exceeds the {p99_budget_ms:g} ms budget "
-            f"(p50 {latency['p50']:.1f} ms, p90 {latency['p90']:.1f} ms, concurrency-limited over "
-            f"{len(latencies)} responses): look for a slow arm in the latency histogram and the server's "
+            f"(p50 {latency['p50']:.1f} ms, p90 {latency['p90']:.1f} ms over {len(latencies)} "
+            "responses): look for a slow arm in the latency histogram and the server's "
             "load; raise p99_budget_ms only if the budget is unrealistic for this hardware"
         )
     return SmokeReport(
@@ -435,9 +434,9 @@ def _problem_failure(category: str, count: int, total: int, example: str, expect
     if category == PROBABILITIES:
         return (f"{prefix} returned probabilities that do not sum to 1 within {PROBABILITY_TOLERANCE:g} "
                 f"({example}): the model must answer with predict_proba of a probabilistic classifier")
-    router = router_name or "the router"
+    router = repr(router_name) if router_name else "<router node>"
     return (f"{prefix} did not say which arm served them ({example}): the router must write "
-            f"meta.routing[{router!r}] = arm index; pass router_name= matching the graph's router node, "
+            f"meta.routing[{router}] = arm index; pass router_name= matching the graph's router node, "
             "and on Seldon set SELDON_ENABLE_ROUTING_INJECTION=true on the orchestrator")
 
 
