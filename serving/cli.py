@@ -78,6 +78,7 @@ def add_commands(subparsers: Any) -> None:
                        help="start in the background, wait until ready, record it in --state-dir, exit")
     serve.add_argument("--ready-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="with --detach: how long to wait for /ready (default 30)")
+    serve.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
     _add_state_dir(serve)
     serve.set_defaults(handler=_serve)
 
@@ -132,7 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 0
         from serving.supervisor import serve_foreground
 
-        return serve_foreground(args.graph, models, host=args.host, port=args.port)
+        return serve_foreground(args.graph, models, host=args.host, port=args.port, ready_file=args.ready_file)
     except (GraphError, OSError) as exc:
         print(f"abflow serve: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,300 @@
+"""The executor's link to its arm processes: float64 rows over a unix socket, multiplexed.
+
+Each arm stays its own process (a crashing model must not take its sibling down), but the hop from
+the executor to an arm is on every request, so it is kept cheap: no HTTP parsing and no JSON on
+either side, just a 16-byte header and the rows' raw float64 bytes. One connection per arm carries
+all in-flight requests, tagged by id. The arm answers frames in arrival order and, when several are
+waiting in one read, predicts them in one ``predict_proba`` call: under load the sklearn per-call
+overhead is paid once per batch of requests instead of once per request.
+
+Frames (little-endian):
+
+* arm → executor on connect: ``<I`` length + JSON hello (node name, URI, class names, features, pid)
+* request: ``<QII`` id, rows, columns, then rows × columns float64
+* reply: ``<QiI`` id, rows, columns, then rows × columns float64; rows < 0 means an error whose
+  UTF-8 message of ``columns`` bytes follows
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+REQUEST = struct.Struct("<QII")
+REPLY = struct.Struct("<QiI")
+HELLO = struct.Struct("<I")
+MAX_FRAME_VALUES = 16 * 1024 * 1024
+CONNECT_TIMEOUT = 1.0
+
+Rows = np.ndarray[Any, np.dtype[np.float64]]
+Predict = Callable[[Rows], Rows]
+
+
+@dataclass(frozen=True)
+class ArmInfo:
+    """What an arm says about itself when the executor connects."""
+
+    name: str
+    uri: str
+    class_names: tuple[str, ...]
+    n_features: int | None
+    pid: int
+    port: int | None
+
+    def hello(self) -> bytes:
+        body = orjson.dumps({"name": self.name, "uri": self.uri, "class_names": list(self.class_names),
+                             "n_features": self.n_features, "pid": self.pid, "port": self.port})
+        return HELLO.pack(len(body)) + body
+
+    @classmethod
+    def from_json(cls, body: bytes) -> ArmInfo:
+        raw = orjson.loads(body)
+        return cls(name=raw["name"], uri=raw["uri"], class_names=tuple(raw["class_names"]),
+                   n_features=raw["n_features"], pid=raw["pid"], port=raw["port"])
+
+
+class ArmUnavailable(Exception):
+    """The arm cannot answer now (not listening, connection lost, timed out); the caller sends 503."""
+
+    def __init__(self, arm: str, reason: str) -> None:
+        super().__init__(f"model arm {arm!r} is unavailable: {reason}")
+        self.arm = arm
+        self.reason = reason
+
+
+class ArmFailed(Exception):
+    """The arm answered with an error (its model raised)."""
+
+
+# --- arm side -------------------------------------------------------------------------------------
+
+
+class _ArmServerProtocol(asyncio.Protocol):
+    def __init__(self, predict: Predict, hello: bytes) -> None:
+        self._predict = predict
+        self._hello = hello
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._hello)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        frames: list[tuple[int, Rows]] = []
+        offset = 0
+        while len(buffer) - offset >= REQUEST.size:
+            request_id, rows, columns = REQUEST.unpack_from(buffer, offset)
+            if rows * columns > MAX_FRAME_VALUES:
+                assert self._transport is not None
+                self._transport.close()
+                return
+            end = offset + REQUEST.size + rows * columns * 8
+            if len(buffer) < end:
+                break
+            frames.append((request_id, _rows(buffer, offset + REQUEST.size, rows, columns)))
+            offset = end
+        del buffer[:offset]
+        if frames:
+            assert self._transport is not None
+            self._transport.write(b"".join(self._answer(frames)))
+
+    def _answer(self, frames: list[tuple[int, Rows]]) -> list[bytes]:
+        """Predict all complete frames; frames of one width go through the model in one call."""
+        out: list[bytes] = []
+        start = 0
+        while start < len(frames):
+            width = frames[start][1].shape[1]
+            stop = start + 1
+            while stop < len(frames) and frames[stop][1].shape[1] == width:
+                stop += 1
+            group = frames[start:stop]
+            try:
+                result = self._predict(np.vstack([rows for _, rows in group]) if len(group) > 1 else group[0][1])
+            except Exception:  # noqa: BLE001 - retried one by one so only the bad frame fails
+                out.extend(self._answer_one(request_id, rows) for request_id, rows in group)
+            else:
+                first = 0
+                for request_id, rows in group:
+                    out.append(_reply(request_id, result[first:first + rows.shape[0]]))
+                    first += rows.shape[0]
+            start = stop
+        return out
+
+    def _answer_one(self, request_id: int, rows: Rows) -> bytes:
+        try:
+            return _reply(request_id, self._predict(rows))
+        except Exception as exc:  # noqa: BLE001 - the executor turns it into a 500 naming the arm
+            message = f"{type(exc).__name__}: {exc}".encode()[:4096]
+            return REPLY.pack(request_id, -1, len(message)) + message
+
+
+def _rows(buffer: bytearray, offset: int, rows: int, columns: int) -> Rows:
+    """A copy of the rows, so no numpy view pins ``buffer`` (a pinned bytearray cannot shrink)."""
+    view = np.frombuffer(buffer, dtype="<f8", count=rows * columns, offset=offset)
+    return view.reshape(rows, columns).astype(np.float64, copy=True)
+
+
+def _reply(request_id: int, result: Rows) -> bytes:
+    result = np.ascontiguousarray(result, dtype="<f8")
+    return REPLY.pack(request_id, result.shape[0], result.shape[1]) + result.tobytes()
+
+
+async def serve_frames(path: str, predict: Predict, info: ArmInfo) -> asyncio.AbstractServer:
+    """Listen on unix socket ``path`` (replacing a stale one from a crashed predecessor)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    hello = info.hello()
+    loop = asyncio.get_running_loop()
+    return await loop.create_unix_server(lambda: _ArmServerProtocol(predict, hello), path)
+
+
+# --- executor side --------------------------------------------------------------------------------
+
+
+class _ArmClientProtocol(asyncio.Protocol):
+    def __init__(self, link: ArmLink) -> None:
+        self._link = link
+        self._buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.hello: asyncio.Future[ArmInfo] = asyncio.get_running_loop().create_future()
+        self.pending: dict[int, asyncio.Future[Rows]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        if not self.hello.done():
+            if len(buffer) < HELLO.size:
+                return
+            (length,) = HELLO.unpack_from(buffer)
+            if len(buffer) < HELLO.size + length:
+                return
+            self.hello.set_result(ArmInfo.from_json(bytes(buffer[HELLO.size:HELLO.size + length])))
+            offset = HELLO.size + length
+        pending = self.pending
+        while len(buffer) - offset >= REPLY.size:
+            request_id, rows, columns = REPLY.unpack_from(buffer, offset)
+            size = columns if rows < 0 else rows * columns * 8
+            end = offset + REPLY.size + size
+            if len(buffer) < end:
+                break
+            future = pending.pop(request_id, None)
+            if future is not None and not future.done():
+                if rows < 0:
+                    message = bytes(buffer[offset + REPLY.size:end]).decode("utf-8", "replace")
+                    future.set_exception(ArmFailed(message))
+                else:
+                    future.set_result(_rows(buffer, offset + REPLY.size, rows, columns))
+            offset = end
+        del buffer[:offset]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link._lost(self)
+        error = ArmUnavailable(self._link.name, "connection lost (the arm process exited?)")
+        if not self.hello.done():
+            self.hello.set_exception(error)
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self.pending.clear()
+
+
+class ArmLink:
+    """The executor's connection to one arm; reconnects lazily, so an arm restarted by the supervisor
+    is used again on the next request without any coordination."""
+
+    def __init__(self, name: str, socket_path: str, *, connect_timeout: float = CONNECT_TIMEOUT,
+                 request_timeout: float = 30.0) -> None:
+        self.name = name
+        self.socket_path = socket_path
+        self.info: ArmInfo | None = None
+        self.last_error: str | None = "not connected yet"
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._protocol: _ArmClientProtocol | None = None
+        self._connecting: asyncio.Future[_ArmClientProtocol] | None = None
+        self._next_id = 0
+
+    @property
+    def up(self) -> bool:
+        return self._protocol is not None
+
+    async def connect(self) -> ArmInfo:
+        """Connect (sharing one attempt between concurrent callers) and return the arm's hello."""
+        protocol = self._protocol or await self._connect_once()
+        return await protocol.hello
+
+    async def predict(self, rows: Rows) -> Rows:
+        protocol = self._protocol or await self._connect_once()
+        transport = protocol.transport
+        assert transport is not None
+        self._next_id = request_id = (self._next_id + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        future: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
+        protocol.pending[request_id] = future
+        rows = np.ascontiguousarray(rows, dtype="<f8")
+        transport.write(REQUEST.pack(request_id, rows.shape[0], rows.shape[1]) + rows.tobytes())
+        timer = asyncio.get_running_loop().call_later(self._request_timeout, self._expire, protocol,
+                                                      request_id)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+
+    def _expire(self, protocol: _ArmClientProtocol, request_id: int) -> None:
+        future = protocol.pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_exception(ArmUnavailable(
+                self.name, f"no answer within {self._request_timeout:g}s"))
+
+    async def _connect_once(self) -> _ArmClientProtocol:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _ArmClientProtocol:
+        loop = asyncio.get_running_loop()
+        protocol: _ArmClientProtocol | None = None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, protocol = await loop.create_unix_connection(lambda: _ArmClientProtocol(self),
+                                                                self.socket_path)
+                info = await protocol.hello
+        except ArmUnavailable as exc:
+            self.last_error = exc.reason
+            raise
+        except (OSError, TimeoutError) as exc:
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.close()
+            reason = "not listening (starting or restarting)" if isinstance(
+                exc, FileNotFoundError | ConnectionRefusedError) else f"cannot connect: {exc or 'timed out'}"
+            self.last_error = reason
+            raise ArmUnavailable(self.name, reason) from None
+        self.info = info
+        self.last_error = None
+        self._protocol = protocol
+        return protocol
+
+    def _lost(self, protocol: _ArmClientProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            self.last_error = "connection lost (the arm process exited?)"

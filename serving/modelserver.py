@@ -1,0 +1,186 @@
+"""One MODEL node as a server: ``python -m serving.modelserver --model URI --port P [--name NODE]``.
+
+This is what the serving image runs on a cluster (one model per container, behind Seldon's
+orchestrator), so its HTTP API is the Seldon microservice protocol itself: ``/api/v1.0/predictions``,
+``/predict``, ``/send-feedback`` and the health endpoints. Under ``abflow serve`` it additionally
+listens on a unix socket for the executor's binary frames (``serving.armlink``).
+
+Kept lean on purpose: it imports the model runtime, numpy, aiohttp and prometheus_client, nothing
+from the executor side, because every arm of a local graph is one of these processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+
+import orjson
+
+from serving.armlink import ArmInfo, Rows, serve_frames
+from serving.metrics import ServingMetrics
+from serving.model import LoadedModel, ModelLoadError, load_model
+from serving.protocol import (
+    INTERNAL_ERROR,
+    MAX_BODY_BYTES,
+    SeldonError,
+    decode_prediction_request,
+    encode_prediction_response,
+    new_puid,
+)
+from serving.service import Call, Reply, Routes, status_reply
+
+PARENT_PID_ENV = "ABFLOW_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+
+
+class ModelServer:
+    """The Seldon microservice protocol for one loaded model, without HTTP."""
+
+    def __init__(self, model: LoadedModel, name: str, *, image: str | None = None,
+                 metrics: ServingMetrics | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.model = model
+        self.name = name
+        self.metrics = metrics or ServingMetrics()
+        self.max_body_bytes = max_body_bytes
+        self._request_path = {name: image or model.uri}
+        self.routes = Routes()
+        for path in ("/api/v1.0/predictions", "/api/v0.1/predictions", "/predict"):
+            self.routes.add("POST", path, self.predict)
+        for path in ("/api/v1.0/feedback", "/send-feedback"):
+            self.routes.add("POST", path, self.feedback)
+        for path in ("/health/ping", "/live"):
+            self.routes.add("GET", path, self.ping)
+        for path in ("/ready", "/health/status"):
+            self.routes.add("GET", path, self.status)
+        self.routes.add("GET", "/metrics", self.prometheus)
+
+    async def handle(self, call: Call) -> Reply:
+        return await self.routes.dispatch(call)
+
+    def predict_rows(self, rows: Rows) -> Rows:
+        return self.model.predict_proba(rows)
+
+    async def predict(self, call: Call) -> Reply:
+        started = time.perf_counter()
+        try:
+            request = decode_prediction_request(call.body, call.content_type, n_features=self.model.n_features)
+            probabilities = self.model.predict_proba(request.features)
+            reply = Reply(200, encode_prediction_response(
+                request, probabilities, self.model.class_names, puid=request.puid or new_puid(), routing={},
+                request_path=self._request_path))
+        except SeldonError as exc:
+            reply = Reply(exc.code, exc.body())
+        except Exception as exc:  # noqa: BLE001 - a model bug answers 500 and the server keeps serving
+            reply = status_reply(500, f"model {self.name!r} failed: {type(exc).__name__}: {exc}", INTERNAL_ERROR)
+        self.metrics.observe(self.name, reply.status, time.perf_counter() - started,
+                             None if reply.status == 200 else str(reply.status))
+        return reply
+
+    async def feedback(self, call: Call) -> Reply:
+        """Seldon sends feedback to models too; an sklearn classifier learns nothing from it."""
+        return Reply(200, orjson.dumps({"meta": {"puid": new_puid(), "tags": {}, "routing": {},
+                                                 "requestPath": self._request_path}}))
+
+    async def ping(self, call: Call) -> Reply:
+        return Reply(200, b"pong", "text/plain")
+
+    async def status(self, call: Call) -> Reply:
+        return Reply(200, orjson.dumps({"status": "ok", "name": self.name, "uri": self.model.uri,
+                                        "class_names": self.model.class_names,
+                                        "n_features": self.model.n_features}))
+
+    async def prometheus(self, call: Call) -> Reply:
+        return Reply(200, self.metrics.exposition(), self.metrics.content_type)
+
+
+def die_with_parent() -> None:
+    """Make this process exit when the supervisor that started it dies, even by SIGKILL.
+
+    Linux delivers SIGTERM on the parent's death (PR_SET_PDEATHSIG); elsewhere ``watch_parent`` polls.
+    The getppid check closes the race where the parent died before prctl ran.
+    """
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(expected):
+        sys.exit(1)
+
+
+async def watch_parent(stop: asyncio.Event) -> None:
+    expected = os.environ.get(PARENT_PID_ENV)
+    while expected is not None and not stop.is_set():
+        if os.getppid() != int(expected):
+            stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def run(args: argparse.Namespace, model: LoadedModel) -> None:
+    from serving.http import start_http
+
+    server = ModelServer(model, args.name, image=args.image)
+    endpoint = await start_http(server, args.host, args.port)
+    info = ArmInfo(name=args.name, uri=model.uri, class_names=model.class_names, n_features=model.n_features,
+                   pid=os.getpid(), port=endpoint.port)
+    frames = await serve_frames(args.socket, server.predict_rows, info) if args.socket else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watcher = asyncio.ensure_future(watch_parent(stop))
+    # One JSON line on stdout is the readiness handshake with the supervisor.
+    print(orjson.dumps({"ready": True, "name": args.name, "port": endpoint.port, "pid": os.getpid(),
+                        "socket": args.socket}).decode(), flush=True)
+    await stop.wait()
+    if frames is not None:
+        frames.close()
+    await endpoint.stop()
+    watcher.cancel()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.modelserver",
+        description="Serve one scikit-learn model over the Seldon REST protocol "
+                    "(POST /api/v1.0/predictions or /predict; GET /health/ping, /ready, /metrics).",
+        epilog="example: python -m serving.modelserver --model models/iris/v1 --port 9000 --name classifier",
+    )
+    parser.add_argument("--model", required=True, metavar="URI",
+                        help="folder with model.joblib + metadata.json, a .joblib file, file://… or gs://…")
+    parser.add_argument("--name", default="classifier", help="graph node name reported in meta.requestPath")
+    parser.add_argument("--image", default=None, help="image reported in meta.requestPath instead of the URI")
+    parser.add_argument("--host", default=os.environ.get("ABFLOW_HOST", "127.0.0.1"),
+                        help="address to bind (default 127.0.0.1; 0.0.0.0 inside a container)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("ABFLOW_PORT", "9000")),
+                        help="HTTP port (default 9000; 0 picks a free one)")
+    parser.add_argument("--socket", default=None, metavar="PATH",
+                        help="also accept abflow executor frames on this unix socket")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
+    args = parse_args(argv)
+    try:
+        model = load_model(args.model)
+    except ModelLoadError as exc:
+        print(f"abflow model server {args.name!r}: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run(args, model))
+    except OSError as exc:
+        print(f"abflow model server {args.name!r}: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Runs a graph as processes: one model server per MODEL node, the executor in front, and the
+lifecycle around them (parallel start, restart with backoff, graceful stop, detached mode).
+
+The executor runs inside the supervising process: it is the process users talk to, so if it dies the
+graph is down anyway, and sharing it saves a whole interpreter of memory. Each arm is a child
+process in its own session (a terminal's Ctrl-C reaches only the supervisor, which drains before it
+stops the arms) that also dies with the supervisor, even on SIGKILL (see ``die_with_parent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from serving.graph import Graph, ModelNode, load_graph, resolve_model_uris
+
+ARM_READY_TIMEOUT = 60.0
+ARM_STOP_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0
+ENDPOINT_FILE = "endpoint.json"
+READY_FILE = "ready.json"
+LOG_FILE = "serve.log"
+
+
+def log(message: str) -> None:
+    print(f"abflow serve: {message}", file=sys.stderr, flush=True)
+
+
+class ArmStartError(RuntimeError):
+    """A model server exited or stayed silent before it was ready."""
+
+
+class DetachError(RuntimeError):
+    """A detached endpoint did not come up; the message carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    url: str
+    pid: int
+    port: int
+    state_dir: Path
+    log_path: Path
+
+
+class ArmProcess:
+    """One MODEL node's server process, restarted with exponential backoff when it dies."""
+
+    def __init__(self, index: int, node: ModelNode, uri: str, socket_path: str) -> None:
+        self.index = index
+        self.node = node
+        self.uri = uri
+        self.socket_path = socket_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False
+
+    async def spawn(self) -> dict[str, Any]:
+        from serving.modelserver import PARENT_PID_ENV
+
+        image = ["--image", self.node.image] if self.node.image else []
+        started = time.monotonic()
+        self.proc = proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "serving.modelserver", "--model", self.uri, "--name", self.node.name,
+            "--host", "127.0.0.1", "--port", "0", "--socket", self.socket_path, *image,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
+            env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
+        )
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), ARM_READY_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ArmStartError(f"model server for node {self.node.name!r} was not ready within "
+                                f"{ARM_READY_TIMEOUT:g}s") from None
+        if not line:
+            code = await proc.wait()
+            raise ArmStartError(f"model server for node {self.node.name!r} ({self.uri}) exited with code "
+                                f"{code} before it was ready; its message is above")
+        ready: dict[str, Any] = json.loads(line)
+        log(f"arm {self.index} {self.node.name!r} serving {self.uri} on http://127.0.0.1:{ready['port']} "
+            f"(pid {proc.pid}, ready in {time.monotonic() - started:.2f}s)")
+        return ready
+
+    async def supervise(self) -> None:
+        """Restart the arm whenever it exits, until ``stop``; the executor reconnects on its own."""
+        backoff = BACKOFF_FIRST
+        while not self.stopping:
+            assert self.proc is not None
+            alive_since = time.monotonic()
+            code = await self.proc.wait()
+            if self.stopping:
+                return
+            if time.monotonic() - alive_since > STABLE_AFTER:
+                backoff = BACKOFF_FIRST
+            log(f"arm {self.node.name!r} (pid {self.proc.pid}) exited with code {code}; "
+                f"restarting in {backoff:g}s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+            with contextlib.suppress(ArmStartError):
+                await self.spawn()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), ARM_STOP_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1",
+                     port: int = 8000, ready_file: Path | None = None) -> int:
+    """``abflow serve`` in the foreground: returns the exit code once stopped by SIGTERM/SIGINT."""
+    from serving.http import bind
+
+    graph = load_graph(graph_path)
+    uris = resolve_model_uris(graph, models)
+    sock = bind(host, port)
+    return asyncio.run(_run(graph, uris, sock, host, ready_file))
+
+
+async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: str,
+               ready_file: Path | None) -> int:
+    from serving.armlink import ArmLink
+    from serving.executor import Executor
+    from serving.http import start_http
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runtime = Path(tempfile.mkdtemp(prefix="abflow-serve-"))
+    arms = [ArmProcess(i, node, uris[node.name], str(runtime / f"arm{i}.sock"))
+            for i, node in enumerate(graph.model_nodes())]
+    try:
+        log(f"starting graph {graph.name!r}: {len(arms)} model server(s) in parallel")
+        if not await _start_arms(arms, stop):
+            return 1 if not stop.is_set() else 0
+        links = [ArmLink(arm.node.name, arm.socket_path) for arm in arms]
+        await asyncio.gather(*(link.connect() for link in links))
+        endpoint = await start_http(Executor(graph, uris, links), host, 0, sock=sock)
+        supervisors = [asyncio.ensure_future(arm.supervise()) for arm in arms]
+        url = _url(host, endpoint.port)
+        _announce(graph, url)
+        if ready_file is not None:
+            _write_json(ready_file, {"url": url, "port": endpoint.port, "pid": os.getpid()})
+        await stop.wait()
+        log("stopping: draining in-flight requests")
+        await endpoint.stop()
+        for arm in arms:
+            arm.stopping = True
+        for task in supervisors:
+            task.cancel()
+        for link in links:
+            link.close()
+        return 0
+    finally:
+        await asyncio.gather(*(arm.stop() for arm in arms))
+        shutil.rmtree(runtime, ignore_errors=True)
+        log("stopped")
+
+
+async def _start_arms(arms: list[ArmProcess], stop: asyncio.Event) -> bool:
+    starting: asyncio.Future[list[dict[str, Any]]] = asyncio.gather(*(arm.spawn() for arm in arms))
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ArmStartError):
+            await starting
+        return False
+    try:
+        starting.result()
+    except ArmStartError as exc:
+        log(f"cannot start: {exc}")
+        return False
+    return True
+
+
+def _announce(graph: Graph, url: str) -> None:
+    router = graph.router
+    split = f", {router.name!r} sends {router.ratio_a:g} of traffic to arm 0" if router else ""
+    log(f"ready: {url}/api/v1.0/predictions (graph {graph.name!r}{split})")
+    auth = ""
+    if graph.oauth_key is not None:
+        log(f"this graph requires OAuth: TOKEN=$(curl -s -u {graph.oauth_key}:{graph.oauth_secret} "
+            f"-d grant_type=client_credentials {url}/oauth/token | python3 -c "
+            "'import json,sys;print(json.load(sys.stdin)[\"access_token\"])')")
+        auth = '-H "Authorization: Bearer $TOKEN" '
+    log(f"try: curl -s {auth}-H 'Content-Type: application/json' {url}/api/v1.0/predictions "
+        "-d '{\"data\":{\"ndarray\":[[5.1,3.5,1.4,0.2]]}}'")
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
+    return f"http://{f'[{shown}]' if ':' in shown and not shown.startswith('[') else shown}:{port}"
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write via rename so a reader polling for the file never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# --- detached mode --------------------------------------------------------------------------------
+
+
+def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1", port: int = 8000,
+                   state_dir: Path, ready_timeout: float = 30.0) -> EndpointInfo:
+    """Start ``abflow serve`` in the background, wait until it answers ``/ready``, record it.
+
+    Graph problems raise ``GraphError`` here, before anything starts; a server that dies while
+    starting (a port in use, a model refused) raises ``DetachError`` with the tail of its log.
+    """
+    graph_path = Path(graph_path).resolve()
+    resolve_model_uris(load_graph(graph_path), models)
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    current = endpoint_status(state_dir)
+    if current is not None and current.get("running"):
+        raise DetachError(f"an endpoint is already running at {current['url']} (pid {current['pid']}): "
+                          f"stop it first with: abflow down --state-dir {state_dir}")
+    log_path, ready_path = state_dir / LOG_FILE, state_dir / READY_FILE
+    ready_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "serving", "serve", str(graph_path), "--host", host, "--port", str(port),
+               "--ready-file", str(ready_path)]
+    for node, uri in models.items():
+        command += ["--model", f"{node}={uri}"]
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + ready_timeout
+    ready: dict[str, Any] | None = None
+    while ready is None:
+        code = proc.poll()
+        if code is not None:
+            raise DetachError(f"abflow serve exited with code {code} before it was ready; "
+                              f"its log ({log_path}) ends with:\n{_tail(log_path)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise DetachError(f"abflow serve was not ready within {ready_timeout:g}s; "
+                              f"its log ({log_path}) ends with:\n{_tail(log_path)}")
+        if ready_path.exists():
+            ready = json.loads(ready_path.read_text())
+        else:
+            time.sleep(0.05)
+    url = str(ready["url"])
+    if not _answers_200(f"{url}/ready", timeout=5.0):
+        raise DetachError(f"{url}/ready did not answer 200; see {log_path}")
+    info = EndpointInfo(url=url, pid=proc.pid, port=int(ready["port"]), state_dir=state_dir, log_path=log_path)
+    _write_json(state_dir / ENDPOINT_FILE, {
+        "pid": proc.pid, "url": url, "host": host, "port": info.port, "graph": str(graph_path),
+        "models": dict(models), "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "log_path": str(log_path), "state_dir": str(state_dir),
+    })
+    return info
+
+
+def endpoint_status(state_dir: Path) -> dict[str, Any] | None:
+    """What ``endpoint.json`` records, plus ``running`` and, when reachable, the ``health`` report."""
+    record = _read_endpoint(Path(state_dir))
+    if record is None:
+        return None
+    record["running"] = _serving_pid_alive(int(record["pid"]))
+    if record["running"]:
+        record["health"] = _get(f"{record['url']}/health/status", timeout=2.0)
+    return record
+
+
+def stop_detached(state_dir: Path, timeout: float = 10.0) -> bool:
+    """SIGTERM the recorded endpoint (SIGKILL after ``timeout``), wait for its port; True if it ran."""
+    state_dir = Path(state_dir)
+    record = _read_endpoint(state_dir)
+    if record is None:
+        return False
+    pid = int(record["pid"])
+    running = _serving_pid_alive(pid)
+    if running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not _wait(lambda: not _serving_pid_alive(pid), timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait(lambda: not _serving_pid_alive(pid), 5.0)
+    _wait(lambda: _port_free(int(record["port"])), 5.0)
+    (state_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+    (state_dir / READY_FILE).unlink(missing_ok=True)
+    return running
+
+
+def _read_endpoint(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        record: dict[str, Any] = json.loads((state_dir / ENDPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record
+
+
+def _serving_pid_alive(pid: int) -> bool:
+    """Alive, not a zombie (reaped here if it is our child), and still an abflow server (pid reuse)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"serving" in cmdline
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return bool(check())
+
+
+def _get(url: str, timeout: float) -> Any:
+    """GET a JSON endpoint; the parsed body (also for 503 health reports), or None if unreachable."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with contextlib.suppress(ValueError):
+            return json.loads(exc.read())
+        return None
+    except (OSError, ValueError):
+        return None
+
+
+def _answers_200(url: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
