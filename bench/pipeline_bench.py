@@ -1,0 +1,194 @@
+"""``abflow run`` wall time, per step and in total, beside a no-op pipeline with as many steps.
+
+Both pipelines run under ``kfp.local`` (``SubprocessRunner(use_venv=False)``) in the same session,
+alternately, each in a fresh process as a user would start them. A step's time is read from KFP's own
+log, from "Executing task" to "finished with status", in both runs; the total is the wall time of
+the whole command. The no-op step is what KFP's local runner costs by itself, so the per-step ratio
+is abflow's own overhead. The first round of each is a warm-up (cold page cache, the first run has no
+champion yet); the rounds after it are the "warm" runs the pipeline issue sets targets for.
+
+    python bench/pipeline_bench.py               # 1 warm-up + 1 measured round
+    python bench/pipeline_bench.py --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the step names and cleanup are abflow's
+
+RESULTS = BENCH_DIR / "results"
+TARGET_TOTAL_S = 20.0
+TARGET_STEP_RATIO = 1.2
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+KFP_EVENT = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) - INFO - (?:Executing task '([\w-]+)'|"
+                       r"Task '([\w-]+)' finished with status (\w+))")
+ABFLOW_LOG = re.compile(r"\(log: (.+?)\)\s*$", re.M)
+
+
+@dataclass
+class RunTiming:
+    pipeline: str
+    total_s: float
+    steps: dict[str, float]
+
+
+def step_seconds(kfp_log: str) -> dict[str, float]:
+    """Each task's seconds from KFP's log lines (HH:MM:SS.mmm timestamps, possibly across midnight)."""
+    started: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    for raw in kfp_log.splitlines():
+        event = KFP_EVENT.match(ANSI_ESCAPE.sub("", raw))
+        if event is None:
+            continue
+        hours, minutes, seconds, millis = (int(event.group(i)) for i in range(1, 5))
+        stamp = hours * 3600 + minutes * 60 + seconds + millis / 1000
+        if event.group(5):
+            started[event.group(5)] = stamp
+        elif event.group(7) != "SUCCESS":
+            raise RuntimeError(f"step {event.group(6)} ended with {event.group(7)}")
+        else:
+            steps[event.group(6)] = (stamp - started[event.group(6)]) % 86400
+    return steps
+
+
+def timed(command: list[str], output: Path) -> tuple[float, str]:
+    """Run ``command`` to completion, its output in ``output``; its wall seconds and that output."""
+    began = time.monotonic()
+    with output.open("w") as sink:
+        finished = subprocess.run(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - began
+    text = output.read_text()
+    if finished.returncode != 0:
+        tail = "\n".join(text.splitlines()[-25:])
+        raise RuntimeError(f"{' '.join(command)} exited {finished.returncode}:\n{tail}")
+    return seconds, text
+
+
+def abflow_executable() -> str:
+    beside = Path(sys.executable).parent / "abflow"
+    found = str(beside) if beside.exists() else shutil.which("abflow")
+    if not found:
+        raise SystemExit("abflow is not installed in this interpreter: pip install -e .")
+    return found
+
+
+def run_abflow(data_dir: Path, port: int, output: Path) -> RunTiming:
+    """``abflow run`` on its defaults, but with its own data folder and port so it touches nothing of
+    the user's. Its per-step progress lines round to 0.1 s, so the steps are read from the KFP log the
+    command names in its last line."""
+    seconds, text = timed([abflow_executable(), "run", "--data-dir", str(data_dir), "--local-port", str(port)],
+                          output)
+    log = ABFLOW_LOG.search(text)
+    if log is None:
+        raise RuntimeError(f"abflow run printed no '(log: …)' line; see {output}")
+    return RunTiming("abflow", seconds, step_seconds(Path(log.group(1)).read_text()))
+
+
+def run_noop(steps: int, pipeline_root: Path, output: Path) -> RunTiming:
+    seconds, text = timed([sys.executable, str(BENCH_DIR / "noop_pipeline.py"), "--steps", str(steps),
+                           "--pipeline-root", str(pipeline_root)], output)
+    return RunTiming("noop", seconds, step_seconds(text))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def report(abflow_runs: list[RunTiming], noop_runs: list[RunTiming]) -> tuple[str, list[dict[str, object]]]:
+    """Markdown tables and the target checks. A no-op step is the median of all no-op steps measured
+    (the no-op steps are identical, so the median is the steadiest estimate of one)."""
+    noop_step = statistics.median(s for run in noop_runs for s in run.steps.values())
+    names = list(abflow_runs[0].steps)
+    lines = ["| step | abflow s | no-op step s | ratio |", "|---|---:|---:|---:|"]
+    ratios = []
+    for name in names:
+        abflow_step = statistics.median(run.steps[name] for run in abflow_runs)
+        ratios.append(abflow_step / noop_step)
+        lines.append(f"| {name} | {abflow_step:.2f} | {noop_step:.2f} | {ratios[-1]:.2f}× |")
+    mean_ratio = statistics.mean(ratios)
+    abflow_total = statistics.median(run.total_s for run in abflow_runs)
+    noop_total = statistics.median(run.total_s for run in noop_runs)
+    lines.append(f"| **mean of steps** | | | **{mean_ratio:.2f}×** |")
+    lines += ["", "| whole command | abflow s | no-op s |", "|---|---:|---:|",
+              f"| wall time (median of {len(abflow_runs)} warm) | {abflow_total:.2f} | {noop_total:.2f} |"]
+    over = [name for name, r in zip(names, ratios, strict=True) if r > TARGET_STEP_RATIO]
+    checks: list[dict[str, object]] = [
+        {"what": "warm abflow run wall time (s)", "value": round(abflow_total, 2),
+         "target": f"≤ {TARGET_TOTAL_S:g}", "passed": abflow_total <= TARGET_TOTAL_S},
+        {"what": "abflow step ÷ no-op step, mean over steps", "value": round(mean_ratio, 2),
+         "target": f"≤ {TARGET_STEP_RATIO:g}×", "passed": mean_ratio <= TARGET_STEP_RATIO,
+         "steps_over_target": over},
+    ]
+    lines += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
+    lines += [f"| {c['what']} | {c['value']} | {c['target']} | {'pass' if c['passed'] else 'FAIL'} |"
+              for c in checks]
+    if over:
+        lines.append(f"\nsteps over {TARGET_STEP_RATIO:g}× a no-op step: {', '.join(over)}")
+    return "\n".join(lines), checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python bench/pipeline_bench.py --runs 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--runs", type=int, default=1, help="measured rounds of each pipeline (default 1)")
+    parser.add_argument("--warmup-runs", type=int, default=1, help="unmeasured rounds first (default 1)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup_runs < 0:
+        parser.error("--runs must be at least 1 and --warmup-runs at least 0")
+
+    from components.deployment import stop_local
+    from pipelines.pipeline import STEP_NAMES
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    work = RESULTS / f"pipeline-{stamp}"
+    work.mkdir(parents=True)
+    data_dir, port = work / "abflow-data", free_port()
+    abflow_runs, noop_runs = [], []
+    try:
+        for round_number in range(args.warmup_runs + args.runs):
+            kind = "warm-up" if round_number < args.warmup_runs else "measured"
+            abflow = run_abflow(data_dir, port, work / f"abflow-{round_number}.out")
+            noop = run_noop(len(STEP_NAMES), work / "noop-root", work / f"noop-{round_number}.out")
+            print(f"round {round_number + 1} ({kind}): abflow run {abflow.total_s:.1f}s, "
+                  f"no-op {noop.total_s:.1f}s", file=sys.stderr)
+            if kind == "measured":
+                abflow_runs.append(abflow)
+                noop_runs.append(noop)
+    finally:
+        stop_local(data_dir)  # the endpoint `abflow run` leaves behind
+
+    table, checks = report(abflow_runs, noop_runs)
+    command = " ".join(["python", *sys.argv])
+    json_path = RESULTS / f"pipeline-{stamp}.json"
+    json_path.write_text(json.dumps({
+        "command": command, "started": stamp, "steps": list(STEP_NAMES),
+        "abflow_runs": [asdict(r) for r in abflow_runs], "noop_runs": [asdict(r) for r in noop_runs],
+        "checks": checks,
+    }, indent=2))
+    print(table)
+    print(f"\n`{command}`; JSON and logs: {json_path.relative_to(REPO)}, {work.relative_to(REPO)}/")
+    return 0 if all(c["passed"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
