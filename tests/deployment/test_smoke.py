@@ -1,9 +1,11 @@
 """The smoke test against live HTTP endpoints on 127.0.0.1.
 
-Malformed-response cases use ``StandIn``: a page-long Seldon-protocol server started in the test,
-because the real serving runtime is (rightly) unable to produce wrong class names, a missing
-``meta.routing``, bad probabilities or a 503 on demand. It routes deterministically (an exact
-``ratio_a`` share), so verdicts about the split never depend on luck.
+The passing run and the disagreeing split run against the real serving runtime, started detached on
+the tutorial's own ab_test.json (ratioA 0.5). Malformed-response cases use ``StandIn``: a page-long
+Seldon-protocol server started in the test, because the real serving runtime is (rightly) unable to
+produce wrong class names, a missing ``meta.routing``, bad probabilities or a 503 on demand. It
+routes deterministically (an exact ``ratio_a`` share), so verdicts about the split never depend on
+luck.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +29,11 @@ from components.smoke import (
     run_smoke,
 )
 from serving.artifact import DEFAULT_CLASS_NAMES
+from serving.supervisor import start_detached, stop_detached
 from tests.fixtures.processes import free_port
+
+TUTORIAL_AB_TEST = Path(__file__).parents[1] / "data" / "tutorial" / "ab_test.json"
+TUTORIAL_OAUTH = ("oauth-key", "oauth-secret")  # ab_test.json's spec.oauth_key / oauth_secret
 
 Responder = Callable[[int, dict[str, Any]], tuple[int, Any]]
 
@@ -103,7 +110,43 @@ def ab_stand_in(ratio_a: float, **overrides: Any) -> Responder:
     return lambda i, _body: (200, routed_response(choose(i), **overrides))
 
 
-def test_a_well_behaved_ab_endpoint_passes(stand_in: Callable[[Responder], str]) -> None:
+@pytest.fixture(scope="module")
+def tutorial_endpoint(iris_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The tutorial's A/B graph, unchanged, served by abflow with the iris model in both arms."""
+    state_dir = tmp_path_factory.mktemp("smoke-serving")
+    models = {"classifier-1": str(iris_model_dir), "classifier-2": str(iris_model_dir)}
+    try:
+        yield start_detached(TUTORIAL_AB_TEST, models, port=free_port(), state_dir=state_dir).url
+    finally:
+        stop_detached(state_dir)
+
+
+def test_the_real_tutorial_graph_passes(tutorial_endpoint: str) -> None:
+    # min_p_value=1e-6: a true 50/50 router fails the default 0.001 once in a thousand runs by design,
+    # which a test suite must not; the generous p99 budget keeps a busy 2-core machine from failing it.
+    report = run_smoke(tutorial_endpoint, ratio_a=0.5, min_p_value=1e-6, p99_budget_ms=5_000, oauth=TUTORIAL_OAUTH)
+    assert report.passed, report.failures
+    assert report.valid_responses == 200
+    assert all(report.arm_counts[arm] > 50 for arm in ("classifier-1", "classifier-2"))
+
+
+def test_a_split_that_disagrees_with_ratio_a_fails_the_binomial_test(tutorial_endpoint: str) -> None:
+    report = run_smoke(tutorial_endpoint, ratio_a=0.9, p99_budget_ms=5_000, oauth=TUTORIAL_OAUTH)
+    assert not report.passed
+    [failure] = report.failures
+    assert "arm A (classifier-1) served" in failure and "but ratio_a=0.9" in failure
+    assert "two-sided binomial test" in failure and "check its ratioA" in failure
+    assert report.p_value is not None and report.p_value < 1e-10
+
+
+def test_an_oauth_graph_without_credentials_fails_with_the_fix(tutorial_endpoint: str) -> None:
+    [failure] = run_smoke(tutorial_endpoint, requests=10, ratio_a=0.5).failures
+    assert "10 of 10 requests got HTTP 401" in failure and "pass oauth=(spec.oauth_key" in failure
+    [token, _] = run_smoke(tutorial_endpoint, requests=10, ratio_a=0.5, oauth=("oauth-key", "wrong")).failures
+    assert "refused the OAuth credentials (HTTP 401" in token
+
+
+def test_an_exact_split_passes_with_every_number_reported(stand_in: Callable[[Responder], str]) -> None:
     url = stand_in(ab_stand_in(0.5))
     report = run_smoke(url, ratio_a=0.5)
     assert report.passed, report.failures
@@ -161,16 +204,6 @@ def test_a_router_under_another_name_is_found_only_when_asked(stand_in: Callable
     report = run_smoke(url, requests=20, ratio_a=0.5, router_name=None)
     assert report.passed, report.failures
     assert report.router_name == "my-router"
-
-
-def test_a_split_that_disagrees_with_ratio_a_fails_the_binomial_test(
-        stand_in: Callable[[Responder], str]) -> None:
-    url = stand_in(ab_stand_in(0.5))
-    report = run_smoke(url, requests=200, ratio_a=0.9)
-    assert not report.passed
-    [failure] = report.failures
-    assert "arm A (classifier-1) served 100 of 200 responses (50.0%) but ratio_a=0.9" in failure
-    assert report.p_value is not None and report.p_value < 1e-10
 
 
 def test_server_errors_fail_with_the_servers_own_reason(stand_in: Callable[[Responder], str]) -> None:

@@ -1,0 +1,156 @@
+"""The ``local`` deploy target with real serving processes on 127.0.0.1.
+
+Releases are told apart over HTTP without peeking at files: v1 is deployed with ratio_a=1 (every
+answer from arm 0, model v1) and v2 with ratio_a=0 (every answer from arm 1, model v2, trained with a
+different C, so its probabilities differ). Every test's state root is torn down by ``stop_local``,
+which stops every release's processes, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+import requests
+
+from components.deployment import (
+    DeployError,
+    DeploymentRecord,
+    current_deployment,
+    deploy_local,
+    local_endpoint_status,
+    rollback_local,
+    stop_local,
+)
+from components.smoke import payload_for, require_pass, run_smoke
+from serving.artifact import MODEL_FILE
+from serving.model import ModelLoadError
+from tests.fixtures.models import write_iris_model
+from tests.fixtures.processes import free_port
+
+ROW = (5.9, 3.0, 4.2, 1.5)  # a versicolor near the boundary, where C changes the probabilities
+
+
+@pytest.fixture(scope="module")
+def model_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_iris_model(tmp_path_factory.mktemp("iris-v2"), version="v2", c=0.05)
+
+
+@pytest.fixture
+def corrupt_model(iris_model_dir: Path, tmp_path: Path) -> Path:
+    """A copy whose model.joblib no longer matches the sha256 in its metadata.json."""
+    folder = Path(shutil.copytree(iris_model_dir, tmp_path / "corrupt"))
+    (folder / MODEL_FILE).write_bytes((folder / MODEL_FILE).read_bytes()[:-64] + b"\0" * 64)
+    return folder
+
+
+@pytest.fixture
+def state_root(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "deploy"
+    yield root
+    stop_local(root)
+    for release in (root / "releases").glob("*"):
+        status = local_status(release / "serving")
+        assert not (status and status.get("running")), f"release {release.name} still runs after teardown"
+
+
+def local_status(serving_dir: Path) -> dict[str, Any] | None:
+    from serving.supervisor import endpoint_status
+
+    result: dict[str, Any] | None = endpoint_status(serving_dir)
+    return result
+
+
+def predict(endpoint: str) -> tuple[int, list[float]]:
+    response = requests.post(endpoint + "/api/v1.0/predictions", json=payload_for(ROW), timeout=10)
+    response.raise_for_status()
+    body = response.json()
+    return body["meta"]["routing"]["random-ab-test"], body["data"]["tensor"]["values"]
+
+
+def expected_probabilities(model_dir: Path) -> list[float]:
+    model = joblib.load(model_dir / MODEL_FILE)
+    return [float(v) for v in model.predict_proba(np.array([ROW]))[0]]
+
+
+def test_deploy_replace_refuse_and_roll_back(state_root: Path, iris_model_dir: Path, model_v2: Path,
+                                             corrupt_model: Path) -> None:
+    port = free_port()
+    v1 = deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(iris_model_dir), ratio_a=1.0,
+                      state_root=state_root, port=port)
+    assert (v1.release, v1.previous_release, v1.endpoint) == (1, None, f"http://127.0.0.1:{port}")
+    arm, values = predict(v1.endpoint)
+    assert arm == 0 and values == pytest.approx(expected_probabilities(iris_model_dir), abs=1e-9)
+
+    v2 = deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(model_v2), ratio_a=0.0,
+                      state_root=state_root, port=port)
+    assert (v2.release, v2.previous_release, v2.endpoint) == (2, 1, v1.endpoint)
+    arm, values = predict(v2.endpoint)
+    assert arm == 1 and values == pytest.approx(expected_probabilities(model_v2), abs=1e-9)
+    require_pass(run_smoke(v2.endpoint, requests=40, ratio_a=0.0, p99_budget_ms=10_000))
+    graph = json.loads(Path(v2.graph_path).read_text())
+    assert graph["kind"] == "SeldonDeployment"
+    assert graph["spec"]["predictors"][0]["graph"]["parameters"][0]["value"] == "0.0"
+
+    with pytest.raises(ModelLoadError, match=r"arm B \(classifier-2\) model .*corrupt.* cannot be served"
+                                             r".*release 2 keeps serving"):
+        deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(corrupt_model), ratio_a=0.5,
+                     state_root=state_root, port=port)
+    assert predict(v2.endpoint)[0] == 1
+    assert current_deployment(state_root) == v2
+    assert not (state_root / "releases" / "3").exists()
+
+    with pytest.raises(DeployError, match="release 1 is no longer current"):
+        rollback_local(state_root, expected_release=1)
+    restored = rollback_local(state_root, expected_release=2)
+    assert restored is not None
+    assert (restored.release, restored.previous_release, restored.endpoint) == (1, 2, v1.endpoint)
+    arm, values = predict(v1.endpoint)
+    assert arm == 0 and values == pytest.approx(expected_probabilities(iris_model_dir), abs=1e-9)
+    assert current_deployment(state_root) == restored
+    assert DeploymentRecord.from_json((state_root / "previous.json").read_text()) == v2
+
+
+def test_a_failed_switch_restores_the_previous_release_and_a_first_release_rolls_back_to_nothing(
+        state_root: Path, iris_model_dir: Path, model_v2: Path) -> None:
+    port = free_port()
+    v1 = deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(iris_model_dir), ratio_a=1.0,
+                      state_root=state_root, port=port)
+    # No server gets ready in a millisecond: the switch fails after the old release was stopped.
+    with pytest.raises(DeployError, match=r"(?s)release 2 did not start; release 1 was restarted and serves "
+                                          r"again at .*Cause: abflow serve was not ready within 0.001s"):
+        deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(model_v2), ratio_a=0.0,
+                     state_root=state_root, port=port, ready_timeout=0.001)
+    assert predict(v1.endpoint)[0] == 0
+    assert current_deployment(state_root) == v1
+
+    # v1 replaced nothing, so rolling it back leaves no endpoint (and says so by returning None).
+    assert local_endpoint_status(state_root)
+    assert rollback_local(state_root) is None
+    assert current_deployment(state_root) is None
+    with pytest.raises(requests.ConnectionError):
+        predict(v1.endpoint)
+    with pytest.raises(DeployError, match="nothing is deployed"):
+        rollback_local(state_root)
+
+
+@pytest.mark.parametrize("ratio_a", [1.5, -0.1, float("nan")])
+def test_a_bad_ratio_is_refused_before_anything_happens(state_root: Path, iris_model_dir: Path,
+                                                        ratio_a: float) -> None:
+    with pytest.raises(ValueError, match="ratio_a must be between 0 and 1"):
+        deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(iris_model_dir), ratio_a=ratio_a,
+                     state_root=state_root)
+    assert not state_root.exists()
+
+
+def test_records_from_another_target_or_version_are_refused_with_the_fix() -> None:
+    with pytest.raises(DeployError, match="not a local deployment record"):
+        DeploymentRecord.from_json('{"target": "seldon", "endpoint": "http://ingress"}')
+    with pytest.raises(DeployError, match=r"lacks \['arm_names'.*redeploy"):
+        DeploymentRecord.from_json('{"target": "local", "release": 1}')
