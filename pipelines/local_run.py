@@ -50,6 +50,7 @@ class ProgressLog(io.TextIOBase):
     steps: list[StepTiming] = field(default_factory=list)
     last_error: dict[str, str] = field(default_factory=dict)
     _pending: str = ""
+    _error_continues: bool = False
 
     def writable(self) -> bool:
         return True
@@ -70,21 +71,25 @@ class ProgressLog(io.TextIOBase):
         return self.steps[-1] if self.steps and self.steps[-1].status == "RUNNING" else None
 
     def _observe(self, line: str) -> None:
+        step = self._current()
+        if self._error_continues and step and line and not TASK_FINISHED.search(line):
+            self.last_error[step.name] += f"\n  {line}"
+            return
+        self._error_continues = False
         if started := TASK_STARTED.search(line):
             self.steps.append(StepTiming(started.group(1), time.monotonic()))
             self.terminal.write(f"[{len(self.steps)}/{len(STEP_NAMES)}] {started.group(1)} ...\n")
-        elif finished := TASK_FINISHED.search(line):
-            step = self._current()
-            if step is None:
-                return
+        elif (finished := TASK_FINISHED.search(line)) and step:
             step.seconds = time.monotonic() - step.started
             step.status = finished.group(2)
             mark = "ok" if step.status == "SUCCESS" else "FAILED"
             self.terminal.write(f"      {mark} in {step.seconds:.1f}s\n")
-        elif line.startswith(STEP_NOTE) and self._current():
+        elif line.startswith(STEP_NOTE) and step:
             self.terminal.write(f"      {line[len(STEP_NOTE) :]}\n")
-        elif (error := EXCEPTION_LINE.match(line)) and (step := self._current()):
+        elif (error := EXCEPTION_LINE.match(line)) and step:
+            # An exception's message may span lines (a list of failed checks); keep them all.
             self.last_error[step.name] = f"{error.group(1).rsplit('.', 1)[-1]}: {error.group(2)}"
+            self._error_continues = True
         self.terminal.flush()
 
 

@@ -58,8 +58,10 @@ def test_progress_log_reports_steps_and_keeps_the_failure_reason() -> None:
     progress.write("    abflow: trained, accuracy 0.974\n")
     progress.write("08:00:01 - INFO - Task \x1b[96m'train'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
     progress.write("08:00:01 - INFO - Executing task 'gate'\n    components.gating.GateFailed: accuracy 0.5")
-    progress.write(" is below min_accuracy 0.9\nTask 'gate' finished with status FAILURE\n")
+    progress.write(" is below min_accuracy 0.9\n      - and one more reason\n\n")
+    progress.write("Task 'gate' finished with status FAILURE\n")
     shown = terminal.getvalue()
     assert "[1/7] train ..." in shown and "trained, accuracy 0.974" in shown and "FAILED" in shown
-    assert progress.last_error == {"gate": "GateFailed: accuracy 0.5 is below min_accuracy 0.9"}
+    reason = "GateFailed: accuracy 0.5 is below min_accuracy 0.9\n  - and one more reason"
+    assert progress.last_error == {"gate": reason}
     assert "Executing task" in log.getvalue()
