@@ -106,9 +106,7 @@ def parse_graph(document: Mapping[str, Any]) -> Graph:
     names = [root.name] + [child.name for child in getattr(root, "children", ())]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise GraphError(
-            f"node name {duplicates[0]!r} is used more than once: give every graph node a distinct name"
-        )
+        raise GraphError(f"node name {duplicates[0]!r} is used more than once: give every graph node a distinct name")
     return Graph(
         name=name,
         predictor=predictor_name,
@@ -193,9 +191,7 @@ def ab_graph(
     return Graph(name=name, predictor="default", root=root)
 
 
-def single_model_graph(
-    name: str, model_uri: str, node_name: str = "classifier", image: str | None = None
-) -> Graph:
+def single_model_graph(name: str, model_uri: str, node_name: str = "classifier", image: str | None = None) -> Graph:
     return Graph(name=name, predictor="default", root=ModelNode(node_name, SKLEARN_SERVER, model_uri, image))
 
 
@@ -350,9 +346,7 @@ def _parse_router(
             "give the router two MODEL children, A first"
         )
     ratio_a = _parse_ratio(name, node.get("parameters"))
-    parsed = tuple(
-        _parse_node(child, images, f"{where}.children[{i}]", top=False) for i, child in enumerate(children)
-    )
+    parsed = tuple(_parse_node(child, images, f"{where}.children[{i}]", top=False) for i, child in enumerate(children))
     first, second = parsed
     assert isinstance(first, ModelNode) and isinstance(second, ModelNode)
     return RouterNode(name=name, implementation=RANDOM_ABTEST, ratio_a=ratio_a, children=(first, second))
@@ -379,9 +373,7 @@ def _parse_ratio(name: str, parameters: object) -> float:
     try:
         ratio = float(value)
     except ValueError:
-        raise GraphError(
-            f"ratioA must be a number between 0 and 1, got {value!r} (graph node {name!r})"
-        ) from None
+        raise GraphError(f"ratioA must be a number between 0 and 1, got {value!r} (graph node {name!r})") from None
     _check_ratio(ratio, name)
     return ratio
 
@@ -457,7 +449,6 @@ def _yaml_deployment(text: str, source: str) -> Any:
     deployments = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == KIND]
     if len(deployments) != 1:
         raise GraphError(
-            f"{source} holds {len(deployments)} SeldonDeployments among {len(documents)} documents; "
-            "keep exactly one"
+            f"{source} holds {len(deployments)} SeldonDeployments among {len(documents)} documents; keep exactly one"
         )
     return deployments[0]

@@ -43,9 +43,7 @@ class LoadedModel:
     metadata: ModelMetadata | None
     uri: str
 
-    def predict_proba(
-        self, features: np.ndarray[Any, np.dtype[np.float64]]
-    ) -> np.ndarray[Any, np.dtype[np.float64]]:
+    def predict_proba(self, features: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, np.dtype[np.float64]]:
         # The decoder already refused NaN/Infinity, so sklearn's own finiteness scan is wasted work.
         from sklearn import config_context
 
@@ -120,8 +118,7 @@ def _read_gcs(uri: str) -> tuple[bytes, bytes | None, str]:
         store = open_store(folder)
         if not store.exists(key):
             raise ModelLoadError(
-                f"{store.uri_for(key)} does not exist: "
-                "point --model at a model version folder or a .joblib file"
+                f"{store.uri_for(key)} does not exist: point --model at a model version folder or a .joblib file"
             )
         model_bytes = store.read_bytes(key)
         has_metadata = key == MODEL_FILE and store.exists(METADATA_FILE)

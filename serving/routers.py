@@ -75,9 +75,7 @@ class RandomABTest:
     @property
     def stats(self) -> tuple[ArmStats, ...]:
         with self._lock:
-            return tuple(
-                ArmStats(self._routed[arm], self._feedback[arm], self._reward_sum[arm]) for arm in (0, 1)
-            )
+            return tuple(ArmStats(self._routed[arm], self._feedback[arm], self._reward_sum[arm]) for arm in (0, 1))
 
 
 def make_router(node: RouterNode, rng: random.Random | None = None) -> Router:
