@@ -12,7 +12,8 @@ Layout under ``state_root``::
 
     releases/<n>/graph.json     the SeldonDeployment this release runs (parses back to the graph)
     releases/<n>/release.json   its DeploymentRecord
-    releases/<n>/serving/       the detached endpoint's state (pid, URL, log)
+    serving/                    the running endpoint's state (pid, URL, log): one endpoint runs at a
+                                time, and this is where `abflow status` / `abflow down` look
     current.json, previous.json DeploymentRecords, each replaced atomically
     .lock                       serialises deploys and rollbacks into this state root
 """
@@ -140,7 +141,7 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
             graph_path=str(graph_path), model_a_uri=model_a_uri, model_b_uri=model_b_uri,
             ratio_a=float(ratio_a), previous_release=current.release if current else None,
             router_name=DEFAULT_ROUTER_NAME, arm_names=DEFAULT_ARM_NAMES, host=host, port=port,
-            state_root=str(state_root), serving_state_dir=str(folder / SERVING_DIR),
+            state_root=str(state_root), serving_state_dir=str(state_root / SERVING_DIR),
             deployed_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         if current is not None:
@@ -198,14 +199,10 @@ def current_deployment(state_root: Path) -> DeploymentRecord | None:
     return _read_record(state_root / CURRENT)
 
 
-def stop_local(state_root: Path, timeout: float = 10.0) -> list[int]:
-    """Stop every release under ``state_root`` that still runs; the pointers stay, so a later deploy
-    or rollback knows the history. Returns the releases that were stopped."""
-    stopped = []
-    for folder in sorted((state_root / RELEASES).glob("*")):
-        if folder.name.isdigit() and stop_detached(folder / SERVING_DIR, timeout=timeout):
-            stopped.append(int(folder.name))
-    return stopped
+def stop_local(state_root: Path, timeout: float = 10.0) -> bool:
+    """Stop the endpoint under ``state_root`` if it runs; the pointers stay, so a later deploy or
+    rollback knows the history. Returns whether something was stopped."""
+    return stop_detached(state_root / SERVING_DIR, timeout=timeout)
 
 
 def local_endpoint_status(state_root: Path) -> dict[str, Any] | None:

@@ -162,11 +162,13 @@ def run_command(args: argparse.Namespace) -> int:
     except PipelineRunFailed as failure:
         print(f"abflow run: {failure}", file=sys.stderr)
         return 1
-    endpoint = f"http://127.0.0.1:{arguments['local_port']}" if arguments["target"] == "local" else ""
     print(f"abflow run: done in {result.seconds:.1f}s (log: {result.log_path})", file=sys.stderr)
-    if endpoint:
+    if arguments["target"] == "local":
+        endpoint = f"http://127.0.0.1:{arguments['local_port']}"
+        serving_state = Path(arguments["local_state_dir"]) / "serving"
         print(f"\nA/B endpoint: {endpoint}/api/v1.0/predictions\ntry it:\n  {curl_line(endpoint)}")
-        print("  abflow predict\nstop it:\n  abflow down")
+        print(f"  abflow predict --url {endpoint}")
+        print(f"see it:\n  abflow status --state-dir {serving_state}\nstop it:\n  abflow down --state-dir {serving_state}")
     return 0
 
 
