@@ -168,7 +168,8 @@ def run_command(args: argparse.Namespace) -> int:
         serving_state = Path(arguments["local_state_dir"]) / "serving"
         print(f"\nA/B endpoint: {endpoint}/api/v1.0/predictions\ntry it:\n  {curl_line(endpoint)}")
         print(f"  abflow predict --url {endpoint}")
-        print(f"see it:\n  abflow status --state-dir {serving_state}\nstop it:\n  abflow down --state-dir {serving_state}")
+        print(f"see it:\n  abflow status --state-dir {serving_state}")
+        print(f"stop it:\n  abflow down --state-dir {serving_state}")
     return 0
 
 
