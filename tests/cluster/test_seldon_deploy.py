@@ -1,0 +1,198 @@
+"""The ``seldon`` deploy target over real HTTP: apply, wait, report, roll back, explain failures.
+
+Stand-ins (no Kubernetes API server or Seldon operator can run here): kmock's KubernetesEmulator on
+127.0.0.1 replaces the API server (the real ``kubernetes`` client talks to it over HTTP), and
+``SeldonOperatorStandIn`` replaces Seldon Core's operator by writing ``status``, pods and events.
+The code under test runs in a worker thread, as it blocks; the stand-ins run on the test's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kmock
+import pytest
+import pytest_asyncio
+from kubernetes import client
+
+from components.seldon_deploy import (
+    DeploymentRecord,
+    SeldonCrdMissingError,
+    SeldonForbiddenError,
+    SeldonTarget,
+    SeldonTimeoutError,
+    deploy_seldon,
+    merge_patch,
+    rollback_seldon,
+)
+from components.seldon_manifests import RBAC_RULES, ROLE_NAME, render_seldon_deployment
+from serving.graph import ab_graph
+from tests.cluster.kube_standin import SELDON_RESOURCE, Cluster, SeldonOperatorStandIn, seldon_cluster
+
+NAMESPACE = "models"
+GOOD_IMAGE = "registry.example.com/abflow/iris-server:1"
+MISSING_IMAGE = "registry.example.com/missing:tag"
+FAST = {"timeout": 10.0, "poll_interval": 0.02}
+
+
+def manifest(ratio_a: float, model_b: str = "gs://m/iris/v2", image: str = GOOD_IMAGE) -> dict[str, Any]:
+    graph = ab_graph("iris-ab", "gs://m/iris/v1", model_b, ratio_a)
+    return render_seldon_deployment(graph, image=image, namespace=NAMESPACE)
+
+
+def pods_can_start(sdep: dict[str, Any]) -> bool:
+    containers = [c for spec in sdep["spec"]["predictors"][0]["componentSpecs"] for c in spec["spec"]["containers"]]
+    return all(c.get("image") != MISSING_IMAGE for c in containers)
+
+
+def is_main_resource(request: kmock.Request) -> bool:
+    """Refuse the target's writes only; the operator stand-in still writes ``/status``."""
+    return request.subresource is None
+
+
+def api_client(cluster: Cluster) -> client.ApiClient:
+    return client.ApiClient(client.Configuration(host=cluster.url))
+
+
+def stored(cluster: Cluster) -> Any:
+    key = (kmock.resource(SELDON_RESOURCE), NAMESPACE, "iris-ab")
+    if key not in cluster.api.objects or cluster.api.objects[key].deleted:
+        return None
+    return cluster.api.objects[key].raw
+
+
+@pytest_asyncio.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with seldon_cluster() as running:
+        operator = SeldonOperatorStandIn(running.url, NAMESPACE, healthy=pods_can_start)
+        async with operator.running():
+            yield running
+
+
+async def deploy(cluster: Cluster, body: dict[str, Any], **kwargs: Any) -> DeploymentRecord:
+    options = {**FAST, **kwargs}
+    return await asyncio.to_thread(deploy_seldon, body, namespace=NAMESPACE, api_client=api_client(cluster), **options)
+
+
+async def rollback(cluster: Cluster, record: DeploymentRecord) -> None:
+    await asyncio.to_thread(rollback_seldon, record, api_client=api_client(cluster), **FAST)
+
+
+@pytest.mark.asyncio
+async def test_first_deploy_creates_waits_reports_endpoint_and_rollback_deletes(cluster: Cluster) -> None:
+    record = await deploy(cluster, manifest(0.5))
+    assert record.previous is None
+    assert record.endpoint == "http://iris-ab-default.models:8000/api/v1.0/predictions"
+    sdep = stored(cluster)
+    assert sdep["status"]["state"] == "Available"
+    assert sdep["spec"]["predictors"][0]["svcOrchSpec"]["env"][0]["name"] == "SELDON_ENABLE_ROUTING_INJECTION"
+    assert DeploymentRecord.from_json(record.to_json()) == record
+
+    await rollback(cluster, record)
+    assert stored(cluster) is None
+
+
+@pytest.mark.asyncio
+async def test_redeploy_keeps_previous_spec_and_rollback_restores_it(cluster: Cluster) -> None:
+    first = manifest(0.5)
+    await deploy(cluster, first)
+    target = SeldonTarget(NAMESPACE, ingress_url="http://gateway.example.com/", api_client=api_client(cluster), **FAST)
+    record = await asyncio.to_thread(target.deploy, manifest(0.3, model_b="gs://m/iris/v3"))
+    assert record.endpoint == "http://gateway.example.com/seldon/models/iris-ab/api/v1.0/predictions"
+    assert record.previous is not None and record.previous["spec"] == first["spec"]
+    assert stored(cluster)["spec"]["predictors"][0]["graph"]["parameters"][0]["value"] == "0.3"
+    assert stored(cluster)["metadata"]["generation"] == 2
+
+    await asyncio.to_thread(target.rollback, record)  # e.g. after a failed smoke test
+    sdep = stored(cluster)
+    assert sdep["spec"] == first["spec"]
+    assert sdep["status"] == {**sdep["status"], "state": "Available", "observedGeneration": 3}
+
+
+@pytest.mark.asyncio
+async def test_timeout_shows_status_and_pod_reasons_then_rolls_back(cluster: Cluster) -> None:
+    first = manifest(0.5)
+    await deploy(cluster, first)
+    with pytest.raises(SeldonTimeoutError) as caught:
+        await deploy(cluster, manifest(0.3, image=MISSING_IMAGE), timeout=0.5)
+    message = str(caught.value)
+    assert "SeldonDeployment models/iris-ab not Available after 0.5s: state='Creating'" in message
+    assert "replicas=1" in message
+    assert "0/1 available" in message
+    assert "classifier-1 waiting: ImagePullBackOff" in message
+    assert "event InternalError: Deployment is not yet available" in message
+    assert "rolled back: the previous spec was re-applied" in message
+    assert caught.value.record.previous is not None
+    assert stored(cluster)["spec"] == first["spec"]
+
+
+@pytest.mark.asyncio
+async def test_stale_available_status_of_the_old_spec_is_not_trusted(cluster: Cluster) -> None:
+    """Right after a patch the status still says Available (for the old spec): wait must not stop."""
+    await deploy(cluster, manifest(0.5))
+    with pytest.raises(SeldonTimeoutError, match="state='Creating'"):
+        await deploy(cluster, manifest(0.5, image=MISSING_IMAGE), timeout=0.5, rollback_on_failure=False)
+
+
+@pytest.mark.asyncio
+async def test_role_grants_exactly_what_the_target_calls(cluster: Cluster) -> None:
+    """Every verb the target used in a full lifecycle is in the Role, and the Role grants nothing more."""
+    record = await deploy(cluster, manifest(0.5))
+    with pytest.raises(SeldonTimeoutError):
+        await deploy(cluster, manifest(0.3, image=MISSING_IMAGE), timeout=0.3)
+    await rollback(cluster, record)
+    granted = {(verb, resource) for _, resource, verbs, _ in RBAC_RULES for verb in verbs}
+    target_calls = {
+        (verb, resource)
+        for verb, resource in cluster.api.calls
+        if resource != "discovery"
+        and not resource.endswith("/status")  # discovery: allowed to all
+        and verb != "watch"  # the operator stand-in's watch and writes are not the target's
+    }
+    operator_writes = {("create", "pods"), ("create", "events")}
+    assert target_calls - operator_writes == granted
+
+
+@pytest.mark.asyncio
+async def test_forbidden_names_the_verb_resource_and_role(cluster: Cluster) -> None:
+    await deploy(cluster, manifest(0.5))
+    cluster.api[kmock.action.UPDATE, kmock.resource(SELDON_RESOURCE), is_main_resource] << kmock.KubernetesError(
+        status=403,
+        reason="Forbidden",
+        message='seldondeployments.machinelearning.seldon.io "iris-ab" is forbidden: User '
+        '"system:serviceaccount:kubeflow:pipeline-runner" cannot patch resource "seldondeployments"',
+    )
+    with pytest.raises(SeldonForbiddenError) as caught:
+        await deploy(cluster, manifest(0.3))
+    message = str(caught.value)
+    assert "cannot patch seldondeployments.machinelearning.seldon.io in namespace 'models'" in message
+    assert f"apply the Role {ROLE_NAME!r}" in message
+    assert "kubectl apply" in message
+    assert "system:serviceaccount:kubeflow:pipeline-runner" in message
+
+
+@pytest.mark.asyncio
+async def test_forbidden_read_when_no_role_is_bound(cluster: Cluster) -> None:
+    cluster.api[kmock.action.FETCH, kmock.resource(SELDON_RESOURCE)] << kmock.KubernetesError(
+        status=403, reason="Forbidden"
+    )
+    with pytest.raises(SeldonForbiddenError, match="cannot get seldondeployments.machinelearning.seldon.io"):
+        await deploy(cluster, manifest(0.5))
+
+
+@pytest.mark.asyncio
+async def test_missing_crd_says_to_install_seldon_core() -> None:
+    async with seldon_cluster(crd_installed=False) as bare:
+        with pytest.raises(SeldonCrdMissingError) as caught:
+            await deploy(bare, manifest(0.5))
+    assert str(caught.value).startswith("SeldonDeployment CRD not installed")
+    assert "helm install seldon-core seldon-core-operator" in str(caught.value)
+
+
+def test_merge_patch_nulls_removed_keys_and_replaces_lists() -> None:
+    old = {"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]}
+    new = {"b": {"c": 2, "e": 4}, "l": [2]}
+    assert merge_patch(old, new) == {"a": None, "b": {"d": None, "e": 4}, "l": [2]}
+    assert merge_patch(new, new) == {}
