@@ -72,6 +72,12 @@ class Graph:
         if not isinstance(self.annotations, MappingProxyType):
             object.__setattr__(self, "annotations", MappingProxyType(dict(self.annotations)))
 
+    def __reduce__(self) -> tuple[type[Graph], tuple[Any, ...]]:
+        """Pickle the annotations as a plain dict (a mappingproxy cannot be pickled), so a graph can
+        be handed to a worker process."""
+        fields = (self.name, self.predictor, self.root, self.oauth_key, self.oauth_secret, self.api_version)
+        return type(self), (*fields, dict(self.annotations))
+
     def model_nodes(self) -> tuple[ModelNode, ...]:
         if isinstance(self.root, RouterNode):
             return self.root.children

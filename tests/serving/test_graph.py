@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import pickle
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jsonschema
@@ -286,6 +288,13 @@ def test_ab_graph_checks_its_inputs() -> None:
         ab_graph("iris", "a", "b", 1.2, router_name="split")
     with pytest.raises(GraphError, match="must be distinct"):
         ab_graph("iris", "a", "b", 0.5, arm_names=("same", "same"))
+
+
+def test_graphs_survive_pickling_and_deep_copies() -> None:
+    graph = load_graph(TUTORIAL / "ab_test.json")
+    assert pickle.loads(pickle.dumps(graph)) == graph
+    assert copy.deepcopy(graph) == graph
+    assert isinstance(pickle.loads(pickle.dumps(graph)).annotations, MappingProxyType)
 
 
 def test_graph_annotations_are_read_only() -> None:
