@@ -159,9 +159,7 @@ def render_all(
 
 def to_yaml(documents: Iterable[Mapping[str, Any]]) -> str:
     """Multi-document YAML in the order given, keys in rendering order (readable in review)."""
-    return "---\n".join(
-        yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=False) for doc in documents
-    )
+    return "---\n".join(yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=False) for doc in documents)
 
 
 def _model_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,16 +177,14 @@ def _serve_node(node: dict[str, Any], image: str | None, service_account: str | 
     if image is not None:
         model_uri = node.pop("modelUri", None)
         if not model_uri:
-            raise ValueError(
-                f"MODEL node {node['name']!r} has no model URI: build the graph with one URI per arm"
-            )
+            raise ValueError(f"MODEL node {node['name']!r} has no model URI: build the graph with one URI per arm")
         # A custom MODEL container: Seldon must not also treat it as a prepackaged server.
         node.pop("implementation", None)
         node["type"] = "MODEL"
         node["endpoint"] = {"type": "REST", "httpPort": SERVING_PORT}
         container.update(
             image=image,
-            args=["--model", model_uri, "--port", str(SERVING_PORT)],
+            args=serving_args(node["name"], model_uri, image),
             ports=[{"name": SERVING_PORT_NAME, "containerPort": SERVING_PORT, "protocol": "TCP"}],
             readinessProbe=_probe(READINESS_PATH, initial_delay=5),
             livenessProbe=_probe(LIVENESS_PATH, initial_delay=15),
@@ -200,6 +196,18 @@ def _serve_node(node: dict[str, Any], image: str | None, service_account: str | 
     if service_account is not None:
         pod_spec["serviceAccountName"] = service_account
     return {"spec": pod_spec}
+
+
+def serving_args(node_name: str, model_uri: str, image: str) -> list[str]:
+    """``python -m serving.modelserver`` arguments: all interfaces (the orchestrator is in another
+    pod), Seldon's MODEL port, and the node name and image reported in ``meta.requestPath``."""
+    return [
+        "--model", model_uri,
+        "--host", "0.0.0.0",
+        "--port", str(SERVING_PORT),
+        "--name", node_name,
+        "--image", image,
+    ]  # fmt: skip
 
 
 def _probe(path: str, *, initial_delay: int) -> dict[str, Any]:

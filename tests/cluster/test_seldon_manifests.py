@@ -110,8 +110,9 @@ def test_each_arm_on_the_serving_image_gets_its_own_pod_model_and_probes() -> No
     pods = [c["spec"]["containers"] for c in predictor["componentSpecs"]]
     assert [len(containers) for containers in pods] == [1, 1], "two arms on port 9000 must not share a pod"
     (arm_a,), (arm_b,) = pods
-    assert arm_a["args"] == ["--model", URI_A, "--port", str(SERVING_PORT)]
-    assert arm_b["args"] == ["--model", URI_B, "--port", str(SERVING_PORT)]
+    common = ["--host", "0.0.0.0", "--port", str(SERVING_PORT)]
+    assert arm_a["args"] == ["--model", URI_A, *common, "--name", "classifier-1", "--image", IMAGE]
+    assert arm_b["args"] == ["--model", URI_B, *common, "--name", "classifier-2", "--image", IMAGE]
     for container in (arm_a, arm_b):
         assert container["image"] == IMAGE
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
@@ -177,3 +178,18 @@ def test_kubernetes_validate_cli_accepts_the_checked_in_rbac() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("passed") == 3
+
+
+def test_container_args_are_what_the_serving_image_entrypoint_parses() -> None:
+    """The image runs ``python -m serving.modelserver``; its own parser must accept our args."""
+    from serving.modelserver import parse_args
+
+    container = rendered_variants()["ab-image"]["spec"]["predictors"][0]["componentSpecs"][1]["spec"]["containers"][0]
+    args = parse_args(container["args"])
+    assert (args.model, args.host, args.port, args.name, args.image) == (
+        URI_B,
+        "0.0.0.0",
+        SERVING_PORT,
+        "classifier-2",
+        IMAGE,
+    )
