@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES = [
     "pipelines.local_commands",
+    "pipelines.cluster_commands",
     "serving.cli",
 ]
 

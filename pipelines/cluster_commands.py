@@ -1,0 +1,221 @@
+"""``abflow render``, ``abflow submit`` and ``abflow schedule``: the cluster half of the command line.
+
+``render`` prints exactly what the ``seldon`` deploy target applies (for review or GitOps);
+``submit``/``schedule`` start the compiled pipeline on Kubeflow Pipelines. Flags fall back to the
+environment variables KFP's own tools read (``KF_PIPELINES_ENDPOINT``), so one shell setup serves both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PIPELINE_YAML = Path(__file__).resolve().parent / "iris_ab_pipeline.yaml"
+DEFAULT_EXPERIMENT = "abflow"
+HOST_ENV = "KF_PIPELINES_ENDPOINT"
+TOKEN_ENV = "KFP_TOKEN"
+
+
+def add_commands(subparsers: Any) -> None:
+    _add_render(subparsers)
+    _add_submit(subparsers)
+    _add_schedule(subparsers)
+
+
+def _add_render(subparsers: Any) -> None:
+    render = subparsers.add_parser(
+        "render",
+        help="print the SeldonDeployment and RBAC the seldon target would apply",
+        description=(
+            "Render the A/B graph (or a single model) as a SeldonDeployment followed by the RBAC the "
+            "pipeline's service account needs, as multi-document YAML: exactly what deploy applies."
+        ),
+        epilog=(
+            "examples:\n"
+            "  abflow render --target seldon --model-a gs://bucket/abflow/models/iris/v1 \\\n"
+            "      --model-b gs://bucket/abflow/models/iris/v2 --ratio-a 0.3 \\\n"
+            "      --image europe-docker.pkg.dev/proj/abflow/iris-server:3f2a9c --namespace seldon\n"
+            "  abflow render --target seldon --model-a gs://bucket/abflow/models/iris/v1 | kubectl apply -f -"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    render.add_argument("--target", choices=["seldon"], default="seldon", help="deploy target (default: seldon)")
+    render.add_argument("--model-a", required=True, metavar="URI", help="arm A (champion) model URI")
+    render.add_argument("--model-b", metavar="URI", help="arm B (challenger) model URI; omit for a single model")
+    render.add_argument("--ratio-a", type=float, default=0.5, help="share of traffic to arm A (default: 0.5)")
+    render.add_argument(
+        "--image", help="abflow serving image; without it the arms use Seldon's SKLEARN_SERVER with modelUri"
+    )
+    render.add_argument("--namespace", default="seldon", help="namespace of the SeldonDeployment (default: seldon)")
+    render.add_argument("--name", default="iris-ab", help="SeldonDeployment name (default: iris-ab)")
+    render.add_argument(
+        "--service-account",
+        default="abflow-pipeline-runner",
+        help="service account pipeline runs use to deploy (default: abflow-pipeline-runner)",
+    )
+    render.add_argument(
+        "--runner-namespace", help="namespace KFP runs pipeline pods in (e.g. kubeflow; default: --namespace)"
+    )
+    render.add_argument("--model-service-account", help="identity of the model pods, for reading gs:// models")
+    render.set_defaults(handler=_render)
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "pipeline_yaml",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_PIPELINE_YAML,
+        metavar="PIPELINE_YAML",
+        help="compiled pipeline (default: the iris A/B pipeline shipped with abflow; see abflow compile)",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get(HOST_ENV),
+        help=f"KFP API endpoint, e.g. http://localhost:8080 (env {HOST_ENV})",
+    )
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (env {TOKEN_ENV})")
+    parser.add_argument("--namespace", help="KFP profile namespace (multi-user Kubeflow only)")
+    parser.add_argument(
+        "--experiment", default=DEFAULT_EXPERIMENT, help="experiment, created when missing (default: abflow)"
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline parameter, typed as the pipeline declares it; repeat per parameter",
+    )
+    parser.add_argument(
+        "--service-account", help="Kubernetes service account the run's pods use (e.g. abflow-pipeline-runner)"
+    )
+
+
+def _add_submit(subparsers: Any) -> None:
+    submit = subparsers.add_parser(
+        "submit",
+        help="start one run of the pipeline on Kubeflow Pipelines",
+        description="Start one run of the compiled pipeline on a KFP cluster, with caching off.",
+        epilog=(
+            "examples:\n"
+            "  abflow submit --host http://localhost:8080 --param target=seldon --param ratio_a=0.3 --wait\n"
+            "  abflow submit my-pipeline.yaml --host https://kfp.example.com --experiment nightly"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_connection(submit)
+    submit.add_argument("--wait", action="store_true", help="wait until the run finishes; fail unless it succeeds")
+    submit.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits (default: 3600)")
+    submit.set_defaults(handler=_submit)
+
+
+def _add_schedule(subparsers: Any) -> None:
+    schedule = subparsers.add_parser(
+        "schedule",
+        help="create a recurring run (e.g. a nightly retrain) on Kubeflow Pipelines",
+        description=(
+            "Store the pipeline (a new version only when it changed) and create a recurring run: one "
+            "at a time, no catch-up of missed runs, caching off."
+        ),
+        epilog=(
+            "examples:\n"
+            "  abflow schedule --host http://localhost:8080 --name iris-nightly --cron '0 0 2 * * *' \\\n"
+            "      --param target=seldon --param artifact_root=gs://bucket/abflow\n"
+            "  abflow schedule --host http://localhost:8080 --name iris-daily --every 24h\n"
+            "cron has 6 fields, seconds first: '0 0 2 * * *' = 02:00 daily"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_connection(schedule)
+    schedule.add_argument("--name", required=True, help="recurring run (and stored pipeline) name")
+    when = schedule.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help="6-field cron, seconds first, e.g. '0 0 2 * * *'")
+    when.add_argument("--every", help="interval, e.g. 24h, 30m, 1h30m")
+    schedule.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default: 1)")
+    schedule.add_argument("--catchup", action="store_true", help="start runs missed while paused (default: skip)")
+    schedule.set_defaults(handler=_schedule)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from components.seldon_manifests import render_all, to_yaml
+    from serving.graph import GraphError, ab_graph, single_model_graph
+
+    try:
+        graph = (
+            ab_graph(args.name, args.model_a, args.model_b, args.ratio_a)
+            if args.model_b
+            else single_model_graph(args.name, args.model_a)
+        )
+        documents = render_all(
+            graph,
+            image=args.image,
+            namespace=args.namespace,
+            service_account=args.service_account,
+            runner_namespace=args.runner_namespace,
+            model_service_account=args.model_service_account,
+        )
+    except (GraphError, ValueError) as exc:
+        print(f"abflow render: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(to_yaml(documents))
+    return 0
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.remote import load_package, parse_param
+
+    spec = load_package(args.pipeline_yaml).pipeline_spec
+    return dict(parse_param(option, spec) for option in args.param)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines.remote import RemoteError, submit
+
+    try:
+        info = submit(
+            args.pipeline_yaml,
+            host=args.host,
+            experiment=args.experiment,
+            params=_params(args),
+            wait=args.wait,
+            timeout=args.timeout,
+            service_account=args.service_account,
+            token=args.token,
+            namespace=args.namespace,
+        )
+    except RemoteError as exc:
+        print(f"abflow submit: {exc}", file=sys.stderr)
+        return 2
+    print(f"run {info.run_id}: {info.state}\n{info.url}")
+    return 0 if not args.wait or info.state == "SUCCEEDED" else 1
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from pipelines.remote import RemoteError, schedule
+
+    try:
+        info = schedule(
+            args.pipeline_yaml,
+            host=args.host,
+            experiment=args.experiment,
+            name=args.name,
+            cron=args.cron,
+            every=args.every,
+            params=_params(args),
+            max_concurrency=args.max_concurrency,
+            catchup=args.catchup,
+            service_account=args.service_account,
+            token=args.token,
+            namespace=args.namespace,
+        )
+    except RemoteError as exc:
+        print(f"abflow schedule: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"recurring run {info.recurring_run_id} ({info.trigger}) of pipeline {info.pipeline_id} "
+        f"version {info.pipeline_version_id}\n{info.url}"
+    )
+    return 0
