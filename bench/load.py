@@ -40,11 +40,21 @@ def hey_binary() -> str:
     return found
 
 
-def run_hey(url: str, body: Path, *, concurrency: int, seconds: float,
-            headers: dict[str, str]) -> HeyResult:
+def run_hey(url: str, body: Path, *, concurrency: int, seconds: float, headers: dict[str, str]) -> HeyResult:
     """POST ``body`` to ``url`` from ``concurrency`` keep-alive connections for ``seconds``."""
-    command = [hey_binary(), "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST",
-               "-T", "application/json", "-D", str(body)]
+    command = [
+        hey_binary(),
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(concurrency),
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-D",
+        str(body),
+    ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
@@ -71,8 +81,9 @@ def parse_hey(output: str) -> HeyResult:
     )
 
 
-def keepalive_latencies_ms(url: str, body: bytes, *, headers: dict[str, str], requests: int,
-                           warmup: int) -> list[float]:
+def keepalive_latencies_ms(
+    url: str, body: bytes, *, headers: dict[str, str], requests: int, warmup: int
+) -> list[float]:
     """Latency of each of ``requests`` POSTs sent one after another on one connection.
 
     http.client sends a bytes body in the same write as the headers, so neither side's Nagle delay

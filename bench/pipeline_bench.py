@@ -35,8 +35,10 @@ TARGET_TOTAL_S = 20.0
 TARGET_STEP_RATIO = 1.2
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-KFP_EVENT = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) - INFO - (?:Executing task '([\w-]+)'|"
-                       r"Task '([\w-]+)' finished with status (\w+))")
+KFP_EVENT = re.compile(
+    r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) - INFO - (?:Executing task '([\w-]+)'|"
+    r"Task '([\w-]+)' finished with status (\w+))"
+)
 ABFLOW_LOG = re.compile(r"\(log: (.+?)\)\s*$", re.M)
 
 
@@ -91,8 +93,7 @@ def run_abflow(data_dir: Path, port: int, output: Path) -> RunTiming:
     """``abflow run`` on its defaults, but with its own data folder and port so it touches nothing of
     the user's. Its per-step progress lines round to 0.1 s, so the steps are read from the KFP log the
     command names in its last line."""
-    seconds, text = timed([abflow_executable(), "run", "--data-dir", str(data_dir), "--local-port", str(port)],
-                          output)
+    seconds, text = timed([abflow_executable(), "run", "--data-dir", str(data_dir), "--local-port", str(port)], output)
     log = ABFLOW_LOG.search(text)
     if log is None:
         raise RuntimeError(f"abflow run printed no '(log: …)' line; see {output}")
@@ -100,8 +101,17 @@ def run_abflow(data_dir: Path, port: int, output: Path) -> RunTiming:
 
 
 def run_noop(steps: int, pipeline_root: Path, output: Path) -> RunTiming:
-    seconds, text = timed([sys.executable, str(BENCH_DIR / "noop_pipeline.py"), "--steps", str(steps),
-                           "--pipeline-root", str(pipeline_root)], output)
+    seconds, text = timed(
+        [
+            sys.executable,
+            str(BENCH_DIR / "noop_pipeline.py"),
+            "--steps",
+            str(steps),
+            "--pipeline-root",
+            str(pipeline_root),
+        ],
+        output,
+    )
     return RunTiming("noop", seconds, step_seconds(text))
 
 
@@ -126,19 +136,30 @@ def report(abflow_runs: list[RunTiming], noop_runs: list[RunTiming]) -> tuple[st
     abflow_total = statistics.median(run.total_s for run in abflow_runs)
     noop_total = statistics.median(run.total_s for run in noop_runs)
     lines.append(f"| **mean of steps** | | | **{mean_ratio:.2f}×** |")
-    lines += ["", "| whole command | abflow s | no-op s |", "|---|---:|---:|",
-              f"| wall time (median of {len(abflow_runs)} warm) | {abflow_total:.2f} | {noop_total:.2f} |"]
+    lines += [
+        "",
+        "| whole command | abflow s | no-op s |",
+        "|---|---:|---:|",
+        f"| wall time (median of {len(abflow_runs)} warm) | {abflow_total:.2f} | {noop_total:.2f} |",
+    ]
     over = [name for name, r in zip(names, ratios, strict=True) if r > TARGET_STEP_RATIO]
     checks: list[dict[str, object]] = [
-        {"what": "warm abflow run wall time (s)", "value": round(abflow_total, 2),
-         "target": f"≤ {TARGET_TOTAL_S:g}", "passed": abflow_total <= TARGET_TOTAL_S},
-        {"what": "abflow step ÷ no-op step, mean over steps", "value": round(mean_ratio, 2),
-         "target": f"≤ {TARGET_STEP_RATIO:g}×", "passed": mean_ratio <= TARGET_STEP_RATIO,
-         "steps_over_target": over},
+        {
+            "what": "warm abflow run wall time (s)",
+            "value": round(abflow_total, 2),
+            "target": f"≤ {TARGET_TOTAL_S:g}",
+            "passed": abflow_total <= TARGET_TOTAL_S,
+        },
+        {
+            "what": "abflow step ÷ no-op step, mean over steps",
+            "value": round(mean_ratio, 2),
+            "target": f"≤ {TARGET_STEP_RATIO:g}×",
+            "passed": mean_ratio <= TARGET_STEP_RATIO,
+            "steps_over_target": over,
+        },
     ]
     lines += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
-    lines += [f"| {c['what']} | {c['value']} | {c['target']} | {'pass' if c['passed'] else 'FAIL'} |"
-              for c in checks]
+    lines += [f"| {c['what']} | {c['value']} | {c['target']} | {'pass' if c['passed'] else 'FAIL'} |" for c in checks]
     if over:
         lines.append(f"\nsteps over {TARGET_STEP_RATIO:g}× a no-op step: {', '.join(over)}")
     return "\n".join(lines), checks
@@ -169,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             kind = "warm-up" if round_number < args.warmup_runs else "measured"
             abflow = run_abflow(data_dir, port, work / f"abflow-{round_number}.out")
             noop = run_noop(len(STEP_NAMES), work / "noop-root", work / f"noop-{round_number}.out")
-            print(f"round {round_number + 1} ({kind}): abflow run {abflow.total_s:.1f}s, "
-                  f"no-op {noop.total_s:.1f}s", file=sys.stderr)
+            print(
+                f"round {round_number + 1} ({kind}): abflow run {abflow.total_s:.1f}s, no-op {noop.total_s:.1f}s",
+                file=sys.stderr,
+            )
             if kind == "measured":
                 abflow_runs.append(abflow)
                 noop_runs.append(noop)
@@ -180,11 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     table, checks = report(abflow_runs, noop_runs)
     command = " ".join(["python", *sys.argv])
     json_path = RESULTS / f"pipeline-{stamp}.json"
-    json_path.write_text(json.dumps({
-        "command": command, "started": stamp, "steps": list(STEP_NAMES),
-        "abflow_runs": [asdict(r) for r in abflow_runs], "noop_runs": [asdict(r) for r in noop_runs],
-        "checks": checks,
-    }, indent=2))
+    json_path.write_text(
+        json.dumps(
+            {
+                "command": command,
+                "started": stamp,
+                "steps": list(STEP_NAMES),
+                "abflow_runs": [asdict(r) for r in abflow_runs],
+                "noop_runs": [asdict(r) for r in noop_runs],
+                "checks": checks,
+            },
+            indent=2,
+        )
+    )
     print(table)
     print(f"\n`{command}`; JSON and logs: {json_path.relative_to(REPO)}, {work.relative_to(REPO)}/")
     return 0 if all(c["passed"] for c in checks) else 1

@@ -115,6 +115,7 @@ class ServerResult:
 
 # --- requests and responses ------------------------------------------------------------------------
 
+
 def iris_rows(count: int) -> list[list[float]]:
     """Real iris measurements, cycled to ``count`` rows, so every server does its usual arithmetic."""
     from sklearn.datasets import load_iris
@@ -126,8 +127,9 @@ def iris_rows(count: int) -> list[list[float]]:
 def seldon_bodies(rows: list[list[float]]) -> dict[str, bytes]:
     flat = [value for row in rows for value in row]
     return {
-        "tensor": json.dumps({"data": {"names": FEATURE_NAMES,
-                                       "tensor": {"shape": [len(rows), 4], "values": flat}}}).encode(),
+        "tensor": json.dumps(
+            {"data": {"names": FEATURE_NAMES, "tensor": {"shape": [len(rows), 4], "values": flat}}}
+        ).encode(),
         "ndarray": json.dumps({"data": {"names": FEATURE_NAMES, "ndarray": rows}}).encode(),
     }
 
@@ -135,11 +137,19 @@ def seldon_bodies(rows: list[list[float]]) -> dict[str, bytes]:
 def v2_body(rows: list[list[float]]) -> bytes:
     """An Open Inference Protocol request that asks MLServer's sklearn runtime for ``predict_proba``
     (its default output is ``predict``, which would do less work than the others)."""
-    return json.dumps({
-        "inputs": [{"name": "iris", "shape": [len(rows), 4], "datatype": "FP64",
-                    "data": [value for row in rows for value in row]}],
-        "outputs": [{"name": "predict_proba"}],
-    }).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "iris",
+                    "shape": [len(rows), 4],
+                    "datatype": "FP64",
+                    "data": [value for row in rows for value in row],
+                }
+            ],
+            "outputs": [{"name": "predict_proba"}],
+        }
+    ).encode()
 
 
 def seldon_rows(response: dict[str, Any]) -> list[list[float]]:
@@ -147,24 +157,23 @@ def seldon_rows(response: dict[str, Any]) -> list[list[float]]:
     if "ndarray" in data:
         return [list(row) for row in data["ndarray"]]
     shape, values = data["tensor"]["shape"], data["tensor"]["values"]
-    return [values[i * shape[1]:(i + 1) * shape[1]] for i in range(shape[0])]
+    return [values[i * shape[1] : (i + 1) * shape[1]] for i in range(shape[0])]
 
 
 def v2_rows(response: dict[str, Any]) -> list[list[float]]:
     output = next(o for o in response["outputs"] if o["name"] == "predict_proba")
     rows, width = output["shape"]
-    return [output["data"][i * width:(i + 1) * width] for i in range(rows)]
+    return [output["data"][i * width : (i + 1) * width] for i in range(rows)]
 
 
 def check_probabilities(target: Target, body: bytes, expected_rows: int) -> None:
     rows = target.rows_in(json.loads(body))
-    if len(rows) != expected_rows or any(len(r) != 3 or not math.isclose(sum(r), 1.0, abs_tol=1e-6)
-                                         for r in rows):
-        raise RuntimeError(f"{target.label} did not answer {expected_rows} rows of 3 probabilities: "
-                           f"{body[:300]!r}")
+    if len(rows) != expected_rows or any(len(r) != 3 or not math.isclose(sum(r), 1.0, abs_tol=1e-6) for r in rows):
+        raise RuntimeError(f"{target.label} did not answer {expected_rows} rows of 3 probabilities: {body[:300]!r}")
 
 
 # --- the four servers ------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -182,8 +191,9 @@ def abflow_executable() -> str:
     return found
 
 
-def abflow_target(key: str, label: str, graph: Path, nodes: list[str], model_dir: Path,
-                  rows: list[list[float]]) -> Target:
+def abflow_target(
+    key: str, label: str, graph: Path, nodes: list[str], model_dir: Path, rows: list[list[float]]
+) -> Target:
     port = free_port()
     spec = json.loads(graph.read_text())["spec"]
     base = f"http://127.0.0.1:{port}"
@@ -191,15 +201,24 @@ def abflow_target(key: str, label: str, graph: Path, nodes: list[str], model_dir
     command = [abflow_executable(), "serve", str(graph), "--port", str(port)]
     for node in nodes:
         command += ["--model", f"{node}={model_dir}"]
-    return Target(key, label, command, REPO, dict(os.environ), f"{base}/api/v1.0/predictions",
-                  seldon_bodies([TUTORIAL_ROW])["tensor"], seldon_bodies(rows), seldon_rows, oauth)
+    return Target(
+        key,
+        label,
+        command,
+        REPO,
+        dict(os.environ),
+        f"{base}/api/v1.0/predictions",
+        seldon_bodies([TUTORIAL_ROW])["tensor"],
+        seldon_bodies(rows),
+        seldon_rows,
+        oauth,
+    )
 
 
 def venv_executable(venv: str, name: str) -> Path:
     path = VENVS / venv / "bin" / name
     if not path.exists():
-        raise SystemExit(f"{path} is missing: run `bash bench/setup_peers.sh` first (or leave it out "
-                         f"with --only)")
+        raise SystemExit(f"{path} is missing: run `bash bench/setup_peers.sh` first (or leave it out with --only)")
     return path
 
 
@@ -207,13 +226,30 @@ def seldon_target(model_dir: Path, rows: list[list[float]]) -> Target:
     """The tutorial's wrapper with the wrapper's defaults: 1 gunicorn worker, 1 thread
     (``GUNICORN_WORKERS``/``GUNICORN_THREADS`` unset), plus its gRPC and metrics processes."""
     http, grpc, metrics = free_port(), free_port(), free_port()
-    command = [str(venv_executable("seldon", "seldon-core-microservice")), "IrisClassifier",
-               "--service-type", "MODEL", "--http-port", str(http), "--grpc-port", str(grpc),
-               "--metrics-port", str(metrics)]
+    command = [
+        str(venv_executable("seldon", "seldon-core-microservice")),
+        "IrisClassifier",
+        "--service-type",
+        "MODEL",
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+    ]
     env = {**os.environ, "MODEL_PATH": str(model_dir)}
-    return Target("seldon", "Seldon Python wrapper 1.18.2", command, PEERS, env,
-                  f"http://127.0.0.1:{http}/api/v1.0/predictions",
-                  seldon_bodies([TUTORIAL_ROW])["tensor"], seldon_bodies(rows), seldon_rows)
+    return Target(
+        "seldon",
+        "Seldon Python wrapper 1.18.2",
+        command,
+        PEERS,
+        env,
+        f"http://127.0.0.1:{http}/api/v1.0/predictions",
+        seldon_bodies([TUTORIAL_ROW])["tensor"],
+        seldon_bodies(rows),
+        seldon_rows,
+    )
 
 
 def mlserver_target(model_dir: Path, work: Path, rows: list[list[float]]) -> Target:
@@ -225,23 +261,45 @@ def mlserver_target(model_dir: Path, work: Path, rows: list[list[float]]) -> Tar
         shutil.copy(PEERS / name, repository / name)
     shutil.copy(model_dir / "model.joblib", repository / "model.joblib")
     http = free_port()
-    env = {**os.environ, "MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(free_port()),
-           "MLSERVER_METRICS_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "MLSERVER_HTTP_PORT": str(http),
+        "MLSERVER_GRPC_PORT": str(free_port()),
+        "MLSERVER_METRICS_PORT": str(free_port()),
+    }
     command = [str(venv_executable("mlserver", "mlserver")), "start", str(repository)]
-    return Target("mlserver", "MLServer 1.7.1 (sklearn)", command, repository, env,
-                  f"http://127.0.0.1:{http}/v2/models/iris/infer",
-                  v2_body([TUTORIAL_ROW]), {"v2": v2_body(rows)}, v2_rows)
+    return Target(
+        "mlserver",
+        "MLServer 1.7.1 (sklearn)",
+        command,
+        repository,
+        env,
+        f"http://127.0.0.1:{http}/v2/models/iris/infer",
+        v2_body([TUTORIAL_ROW]),
+        {"v2": v2_body(rows)},
+        v2_rows,
+    )
 
 
 def build_targets(keys: list[str], model_dir: Path, work: Path) -> list[Target]:
     rows = iris_rows(BATCH_ROWS)
     builders: dict[str, Callable[[], Target]] = {
         "abflow-ab": lambda: abflow_target(
-            "abflow-ab", "abflow A/B graph", TUTORIAL / "ab_test.json", ["classifier-1", "classifier-2"],
-            model_dir, rows),
+            "abflow-ab",
+            "abflow A/B graph",
+            TUTORIAL / "ab_test.json",
+            ["classifier-1", "classifier-2"],
+            model_dir,
+            rows,
+        ),
         "abflow-single": lambda: abflow_target(
-            "abflow-single", "abflow single model", TUTORIAL / "TMPL_deployment.json",
-            ["sklearn-iris-classifier"], model_dir, rows),
+            "abflow-single",
+            "abflow single model",
+            TUTORIAL / "TMPL_deployment.json",
+            ["sklearn-iris-classifier"],
+            model_dir,
+            rows,
+        ),
         "seldon": lambda: seldon_target(model_dir, rows),
         "mlserver": lambda: mlserver_target(model_dir, work, rows),
     }
@@ -250,9 +308,11 @@ def build_targets(keys: list[str], model_dir: Path, work: Path) -> list[Target]:
 
 # --- measuring one server --------------------------------------------------------------------------
 
+
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -268,8 +328,12 @@ def auth_headers(target: Target) -> dict[str, str]:
     url, key, secret = target.oauth
     basic = base64.b64encode(f"{key}:{secret}".encode()).decode()
     form = urllib.parse.urlencode({"grant_type": "client_credentials"}).encode()
-    request = urllib.request.Request(url, data=form, method="POST", headers={
-        "Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"})
+    request = urllib.request.Request(
+        url,
+        data=form,
+        method="POST",
+        headers={"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return {"Authorization": f"Bearer {json.load(response)['access_token']}"}
 
@@ -298,15 +362,20 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_load(target: Target, server: ServerProcess, body_file: Path, headers: dict[str, str],
-                 concurrency: int, args: argparse.Namespace) -> LoadResult:
+def measure_load(
+    target: Target,
+    server: ServerProcess,
+    body_file: Path,
+    headers: dict[str, str],
+    concurrency: int,
+    args: argparse.Namespace,
+) -> LoadResult:
     if args.warmup > 0:
         run_hey(target.predict_url, body_file, concurrency=concurrency, seconds=args.warmup, headers=headers)
     tree = server.tree()
     cpu_before, busy_before, hey_before = cpu_seconds(tree), machine_busy_seconds(), children_cpu_seconds()
     began = time.monotonic()
-    result = run_hey(target.predict_url, body_file, concurrency=concurrency, seconds=args.duration,
-                     headers=headers)
+    result = run_hey(target.predict_url, body_file, concurrency=concurrency, seconds=args.duration, headers=headers)
     wall = time.monotonic() - began
     tree = server.tree()  # a server may fork workers under load; count them too
     server_cpu = cpu_seconds(tree) - cpu_before
@@ -336,17 +405,22 @@ def measure(target: Target, work: Path, args: argparse.Namespace, running: list[
         for encoding, body in target.batch_bodies.items():
             status, answer = post(target.predict_url, body, headers, timeout=30)
             if status != 200:
-                raise RuntimeError(f"{target.label} answered {status} to a {BATCH_ROWS}-row {encoding} "
-                                   f"request: {answer[:300]!r}")
+                raise RuntimeError(
+                    f"{target.label} answered {status} to a {BATCH_ROWS}-row {encoding} request: {answer[:300]!r}"
+                )
             check_probabilities(target, answer, BATCH_ROWS)
         for concurrency in args.concurrency:
             load = measure_load(target, server, body_file, headers, concurrency, args)
-            print(f"   c={concurrency}: {load.requests_per_second:.0f} req/s, p50 {load.p50_ms:.2f} ms, "
-                  f"p99 {load.p99_ms:.2f} ms, {load.cpu_ms_per_request:.3f} CPU ms/req", file=sys.stderr)
+            print(
+                f"   c={concurrency}: {load.requests_per_second:.0f} req/s, p50 {load.p50_ms:.2f} ms, "
+                f"p99 {load.p99_ms:.2f} ms, {load.cpu_ms_per_request:.3f} CPU ms/req",
+                file=sys.stderr,
+            )
             result.load.append(load)
         for encoding, body in target.batch_bodies.items():
-            latencies = keepalive_latencies_ms(target.predict_url, body, headers=headers,
-                                               requests=BATCH_REQUESTS, warmup=BATCH_WARMUP)
+            latencies = keepalive_latencies_ms(
+                target.predict_url, body, headers=headers, requests=BATCH_REQUESTS, warmup=BATCH_WARMUP
+            )
             result.batch_p50_ms[encoding] = percentile(latencies, 50)
             result.batch_p99_ms[encoding] = percentile(latencies, 99)
         tree = server.tree()
@@ -358,6 +432,7 @@ def measure(target: Target, work: Path, args: argparse.Namespace, running: list[
 
 
 # --- report ----------------------------------------------------------------------------------------
+
 
 def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("nan")
@@ -383,46 +458,64 @@ def checks(results: dict[str, ServerResult], top: int) -> list[dict[str, Any]]:
     seldon = results.get("seldon")
     if ab_top and seldon and seldon.at(top):
         value = ratio(ab_top.p99_ms, seldon.at(top).p99_ms)  # type: ignore[union-attr]
-        add(f"A/B p99 ÷ Seldon wrapper p99 at c={top}", value, f"≤ {TARGET_P99_VS_SELDON:g}×",
-            value <= TARGET_P99_VS_SELDON)
+        add(
+            f"A/B p99 ÷ Seldon wrapper p99 at c={top}",
+            value,
+            f"≤ {TARGET_P99_VS_SELDON:g}×",
+            value <= TARGET_P99_VS_SELDON,
+        )
     add("A/B graph PSS after load (MiB)", ab.pss_mib, f"≤ {TARGET_PSS_MIB:g}", ab.pss_mib <= TARGET_PSS_MIB)
-    add("A/B first 200 after start (s)", ab.first_200_s, f"≤ {TARGET_FIRST_200_S:g}",
-        ab.first_200_s <= TARGET_FIRST_200_S)
+    add(
+        "A/B first 200 after start (s)",
+        ab.first_200_s,
+        f"≤ {TARGET_FIRST_200_S:g}",
+        ab.first_200_s <= TARGET_FIRST_200_S,
+    )
     for encoding, p50 in ab.batch_p50_ms.items():
-        add(f"A/B {BATCH_ROWS}-row {encoding} p50 (ms)", p50, f"≤ {TARGET_BATCH_P50_MS:g}",
-            p50 <= TARGET_BATCH_P50_MS)
+        add(f"A/B {BATCH_ROWS}-row {encoding} p50 (ms)", p50, f"≤ {TARGET_BATCH_P50_MS:g}", p50 <= TARGET_BATCH_P50_MS)
     return rows
 
 
 def markdown(results: dict[str, ServerResult], check_rows: list[dict[str, Any]]) -> str:
-    lines = ["| server | c | req/s | p50 ms | p99 ms | server CPU ms/req | non-200 | background cores |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| server | c | req/s | p50 ms | p99 ms | server CPU ms/req | non-200 | background cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for result in results.values():
         for load in result.load:
-            lines.append(f"| {result.label} | {load.concurrency} | {load.requests_per_second:,.0f} | "
-                         f"{load.p50_ms:.2f} | {load.p99_ms:.2f} | {load.cpu_ms_per_request:.3f} | "
-                         f"{load.non_200} | {load.background_cores:.2f} |")
-    lines += ["", f"| server | first 200 s | PSS MiB (processes) | {BATCH_ROWS}-row p50 ms | "
-                  f"{BATCH_ROWS}-row p99 ms |",
-              "|---|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {result.label} | {load.concurrency} | {load.requests_per_second:,.0f} | "
+                f"{load.p50_ms:.2f} | {load.p99_ms:.2f} | {load.cpu_ms_per_request:.3f} | "
+                f"{load.non_200} | {load.background_cores:.2f} |"
+            )
+    lines += [
+        "",
+        f"| server | first 200 s | PSS MiB (processes) | {BATCH_ROWS}-row p50 ms | {BATCH_ROWS}-row p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for result in results.values():
         p50 = ", ".join(f"{v:.2f} ({k})" for k, v in result.batch_p50_ms.items())
         p99 = ", ".join(f"{v:.2f} ({k})" for k, v in result.batch_p99_ms.items())
-        lines.append(f"| {result.label} | {result.first_200_s:.2f} | {result.pss_mib:.0f} ({result.processes}) | "
-                     f"{p50} | {p99} |")
+        lines.append(
+            f"| {result.label} | {result.first_200_s:.2f} | {result.pss_mib:.0f} ({result.processes}) | {p50} | {p99} |"
+        )
     if check_rows:
         lines += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
-        lines += [f"| {c['what']} | {c['value']:g} | {c['target']} | {'pass' if c['passed'] else 'FAIL'} |"
-                  for c in check_rows]
+        lines += [
+            f"| {c['what']} | {c['value']:g} | {c['target']} | {'pass' if c['passed'] else 'FAIL'} |"
+            for c in check_rows
+        ]
     return "\n".join(lines)
 
 
 def git_revision() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "serving"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "serving"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}{' + uncommitted serving/ changes' if dirty else ''}"
@@ -435,8 +528,15 @@ def write_model(folder: Path) -> Path:
     from serving.artifact import ModelMetadata, runtime_versions, write_model_folder
 
     trained = train_iris()
-    metadata = ModelMetadata(name="iris", version="bench", sha256=trained.sha256, versions=runtime_versions(),
-                             class_names=trained.class_names, params=trained.params, metrics=trained.metrics)
+    metadata = ModelMetadata(
+        name="iris",
+        version="bench",
+        sha256=trained.sha256,
+        versions=runtime_versions(),
+        class_names=trained.class_names,
+        params=trained.params,
+        metrics=trained.metrics,
+    )
     return write_model_folder(folder, trained.model_bytes, metadata)
 
 
@@ -449,16 +549,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="example: python bench/serving_bench.py --duration 10 --concurrency 1 8 32\n"
-               "         python bench/serving_bench.py --only abflow-ab seldon --duration 5",
+        "         python bench/serving_bench.py --only abflow-ab seldon --duration 5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per level (default 10)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
-                        help="hey connection counts; ratios use the largest (default 1 8 32)")
-    parser.add_argument("--warmup", type=float, default=2.0,
-                        help="seconds of unmeasured load before each level (default 2; 0 skips)")
-    parser.add_argument("--only", nargs="+", choices=SERVERS, default=SERVERS, metavar="SERVER",
-                        help=f"servers to measure, in this order (default: all: {' '.join(SERVERS)})")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="hey connection counts; ratios use the largest (default 1 8 32)",
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of unmeasured load before each level (default 2; 0 skips)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SERVERS,
+        default=SERVERS,
+        metavar="SERVER",
+        help=f"servers to measure, in this order (default: all: {' '.join(SERVERS)})",
+    )
     return parser.parse_args(argv)
 
 
@@ -490,17 +602,24 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "abflow_revision": git_revision(),
-        "settings": {"duration_s": args.duration, "concurrency": args.concurrency, "warmup_s": args.warmup,
-                     "batch_rows": BATCH_ROWS, "batch_requests": BATCH_REQUESTS},
+        "settings": {
+            "duration_s": args.duration,
+            "concurrency": args.concurrency,
+            "warmup_s": args.warmup,
+            "batch_rows": BATCH_ROWS,
+            "batch_requests": BATCH_REQUESTS,
+        },
         "servers": {key: asdict(result) for key, result in results.items()},
         "checks": check_rows,
     }
     json_path = RESULTS / f"serving-{stamp}.json"
     json_path.write_text(json.dumps(report, indent=2))
     print(markdown(results, check_rows))
-    print(f"\n`{report['command']}` on {os.cpu_count()} CPUs, load average before "
-          f"{load_before[0]:.2f}, after {report['load_average_after'][0]:.2f}; abflow {report['abflow_revision']}; "
-          f"JSON and server logs: {json_path.relative_to(REPO)}, {work.relative_to(REPO)}/")
+    print(
+        f"\n`{report['command']}` on {os.cpu_count()} CPUs, load average before "
+        f"{load_before[0]:.2f}, after {report['load_average_after'][0]:.2f}; abflow {report['abflow_revision']}; "
+        f"JSON and server logs: {json_path.relative_to(REPO)}, {work.relative_to(REPO)}/"
+    )
     return 0 if all(c["passed"] for c in check_rows) else 1
 
 
