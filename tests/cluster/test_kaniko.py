@@ -1,0 +1,99 @@
+"""The in-cluster image build: kaniko's compiled KFP spec and the build-context upload.
+
+Stand-ins: fake-gcs-server on 127.0.0.1 (``gcs_root`` fixture) replaces Google Cloud Storage; no
+kaniko runs here (it needs a cluster), so its half is checked as compiled KFP IR — the exact
+container, command and arguments a KFP backend would start.
+"""
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.protobuf import json_format
+from kfp import compiler, dsl
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components.imaging import BuildContext, make_build_context
+from components.kaniko import KANIKO_IMAGE, kaniko_build, pack_build_context, upload_build_context
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory: pytest.TempPathFactory) -> BuildContext:
+    return make_build_context(tmp_path_factory.mktemp("ctx") / "context")
+
+
+def test_compiled_component_runs_the_kaniko_executor(tmp_path: Path) -> None:
+    path = tmp_path / "kaniko.yaml"
+    compiler.Compiler().compile(kaniko_build, str(path))
+    spec = yaml.safe_load(path.read_text())
+    container = spec["deploymentSpec"]["executors"]["exec-kaniko-build"]["container"]
+    assert container == {
+        "image": KANIKO_IMAGE,
+        "command": ["/kaniko/executor"],
+        "args": [
+            "--context",
+            "{{$.inputs.parameters['context_uri']}}",
+            "--dockerfile",
+            "Containerfile",
+            "--destination",
+            "{{$.inputs.parameters['image']}}",
+            "--cache=true",
+            "--digest-file",
+            "{{$.outputs.parameters['digest'].output_file}}",
+        ],
+    }
+    outputs = spec["components"]["comp-kaniko-build"]["outputDefinitions"]["parameters"]
+    assert outputs["digest"]["parameterType"] == "STRING"
+
+
+def test_a_pipeline_using_it_is_valid_ir(tmp_path: Path) -> None:
+    @dsl.pipeline(name="build-serving-image")
+    def build(context_uri: str, image: str) -> str:
+        return kaniko_build(context_uri=context_uri, image=image).outputs["digest"]
+
+    path = tmp_path / "build.yaml"
+    compiler.Compiler().compile(build, str(path))
+    parsed = json_format.ParseDict(yaml.safe_load(path.read_text()), pipeline_spec_pb2.PipelineSpec())
+    assert parsed.root.dag.tasks["kaniko-build"].component_ref.name == "comp-kaniko-build"
+
+
+def test_packing_is_reproducible_and_keeps_only_the_context(context: BuildContext) -> None:
+    first = pack_build_context(context.path)
+    containerfile = context.path / "Containerfile"
+    os.utime(containerfile, (1, 1))  # a touched file is the same context
+    assert pack_build_context(context.path) == first
+    with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as archive:
+        members = archive.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    assert "Containerfile" in names and "requirements.txt" in names
+    assert not any("__pycache__" in n for n in names)
+    assert {(m.mtime, m.uid, m.gid) for m in members} == {(0, 0, 0)}
+
+
+def test_not_a_context_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="has no Containerfile; make one with components.imaging.make_build_context"):
+        pack_build_context(tmp_path)
+
+
+def test_upload_writes_the_archive_kaniko_reads_once(context: BuildContext, gcs_root: str) -> None:
+    uri = upload_build_context(context.path, gcs_root, tag=context.tag)
+    assert uri == f"{gcs_root}/build-contexts/{context.tag}/context.tar.gz"
+    bucket_name, _, name = uri.removeprefix("gs://").partition("/")
+    client = storage.Client(project="abflow-local", credentials=AnonymousCredentials())
+    blob = client.bucket(bucket_name).get_blob(name)
+    assert blob is not None and blob.download_as_bytes() == pack_build_context(context.path)
+
+    assert upload_build_context(context.path, gcs_root, tag=context.tag) == uri
+    again = client.bucket(bucket_name).get_blob(name)
+    assert again is not None and again.generation == blob.generation, "an unchanged context is not re-uploaded"
+
+
+def test_upload_needs_object_storage(context: BuildContext, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="use a gs://bucket/prefix artifact root"):
+        upload_build_context(context.path, str(tmp_path))
