@@ -16,23 +16,21 @@ from __future__ import annotations
 import collections
 import hashlib
 import importlib.metadata
-import logging
 import os
 import re
 import shutil
 import ssl
 import subprocess
+import sys
 import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import serving
-
-log = logging.getLogger(__name__)
 
 Builder = Literal["auto", "buildah", "docker", "none"]
 ResolvedBuilder = Literal["buildah", "docker", "none"]
@@ -214,7 +212,7 @@ def resolve_builder(builder: str) -> ResolvedBuilder:
             f"builder {builder!r} is not installed (not on PATH); install it, or pass builder='auto' to use "
             "whichever is available, or builder='none' to only record the build context"
         )
-    return builder  # type: ignore[return-value]  # narrowed by the membership check above
+    return cast(ResolvedBuilder, builder)  # checked against Builder above
 
 
 def build_image(
@@ -258,7 +256,8 @@ def build_image(
         build, publish, exists_locally = _docker_commands(context, ref)
     already = registry_has_tag(ref, tls_verify=tls_verify) if push else _succeeds(exists_locally)
     if already:
-        log.info("%s already exists%s; not rebuilding", ref, " in the registry" if push else " locally")
+        where = "in the registry" if push else "locally"
+        _say(f"{ref} already exists {where}; not rebuilding")
         return result(pushed=push, skipped=True)
     _run(build, what=f"building {ref}")
     if push:
@@ -277,6 +276,7 @@ def registry_has_tag(ref: str, *, tls_verify: bool = True, timeout: float = 10.0
     unverified = ssl.create_default_context()
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE
+    problems = []
     for scheme in schemes:
         request = urllib.request.Request(
             f"{scheme}://{host}/v2/{repository}/manifests/{tag}", method="HEAD", headers={"Accept": MANIFEST_ACCEPT}
@@ -287,11 +287,11 @@ def registry_has_tag(ref: str, *, tls_verify: bool = True, timeout: float = 10.0
                 return bool(response.status == 200)
         except urllib.error.HTTPError as error:
             if error.code != 404:
-                log.warning("cannot tell whether %s exists (registry answered HTTP %s); building it", ref, error.code)
+                _say(f"cannot tell whether {ref} exists (the registry answered HTTP {error.code}); building it")
             return False
         except (urllib.error.URLError, OSError) as error:
-            log.info("%s://%s did not answer (%s)", scheme, host, error)
-    log.warning("cannot reach the registry %s to check for %s; building it", host, ref)
+            problems.append(f"{scheme}: {error}")
+    _say(f"cannot reach the registry {host} to check for {ref} ({'; '.join(problems)}); building it")
     return False
 
 
@@ -377,8 +377,9 @@ _PUSH_HINT = (
 
 
 def _run(command: _Command, *, what: str) -> None:
-    """Run ``command``, logging its output as it comes (builds take minutes) and keeping the tail."""
-    log.info("%s: %s", what, " ".join(command.argv))
+    """Run ``command`` with its output passed through to stderr as it comes (a build takes minutes and
+    this is what a KFP step's log shows), keeping the tail for the error message."""
+    _say(f"{what}: {' '.join(command.argv)}")
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
     try:
         process = subprocess.Popen(
@@ -389,14 +390,18 @@ def _run(command: _Command, *, what: str) -> None:
     assert process.stdout is not None  # piped above
     with process:
         for line in process.stdout:
+            sys.stderr.write(line)
             tail.append(line.rstrip())
-            log.info("%s", line.rstrip())
     if process.returncode != 0:
         output = "\n".join(f"  | {line}" for line in tail)
         raise ImageBuildError(
             f"{what} failed (exit {process.returncode}).\n  command: {' '.join(command.argv)}\n"
             f"  last output:\n{output}\n  what to do: {command.hint}"
         )
+
+
+def _say(message: str) -> None:
+    print(f"abflow: {message}", file=sys.stderr, flush=True)
 
 
 def _succeeds(command: _Command) -> bool:
