@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from components.seldon_manifests import ROLE_NAME, SELDON_GROUP, SELDON_PLURAL
+from components.seldon_manifests import ROLE_NAME, SELDON_GROUP, SELDON_PLURAL, render_seldon_deployment
+from serving.graph import ab_graph
 
 SELDON_VERSION = "v1"
 AVAILABLE = "Available"
@@ -171,6 +172,25 @@ def deploy_seldon(
     if address:
         record = DeploymentRecord(**{**asdict(record), "endpoint": address})
     return record
+
+
+def deploy_ab_seldon(
+    *,
+    name: str,
+    model_a_uri: str,
+    model_b_uri: str,
+    ratio_a: float,
+    image: str | None,
+    namespace: str,
+    ingress_url: str | None = None,
+    timeout: float = 600,
+    api_client: Any = None,
+) -> DeploymentRecord:
+    """What the pipeline's deploy-ab step does for target ``seldon``: render the A/B graph (arm A =
+    champion) and deploy it. An empty ``image`` serves the arms with Seldon's SKLEARN_SERVER."""
+    graph = ab_graph(name, model_a_uri, model_b_uri, ratio_a)
+    manifest = render_seldon_deployment(graph, image=image or None, namespace=namespace)
+    return deploy_seldon(manifest, namespace=namespace, timeout=timeout, ingress_url=ingress_url, api_client=api_client)
 
 
 def rollback_seldon(

@@ -23,6 +23,7 @@ from components.seldon_deploy import (
     SeldonForbiddenError,
     SeldonTarget,
     SeldonTimeoutError,
+    deploy_ab_seldon,
     deploy_seldon,
     merge_patch,
     rollback_seldon,
@@ -196,3 +197,23 @@ def test_merge_patch_nulls_removed_keys_and_replaces_lists() -> None:
     new = {"b": {"c": 2, "e": 4}, "l": [2]}
     assert merge_patch(old, new) == {"a": None, "b": {"d": None, "e": 4}, "l": [2]}
     assert merge_patch(new, new) == {}
+
+
+@pytest.mark.asyncio
+async def test_deploy_ab_renders_the_graph_the_pipeline_step_asks_for(cluster: Cluster) -> None:
+    record = await asyncio.to_thread(
+        deploy_ab_seldon,
+        name="iris-ab",
+        model_a_uri="gs://m/iris/v1",
+        model_b_uri="gs://m/iris/v2",
+        ratio_a=0.8,
+        image="",
+        namespace=NAMESPACE,
+        api_client=api_client(cluster),
+    )
+    graph = stored(cluster)["spec"]["predictors"][0]["graph"]
+    assert graph["parameters"][0]["value"] == "0.8"
+    assert [c["implementation"] for c in graph["children"]] == ["SKLEARN_SERVER", "SKLEARN_SERVER"]
+    restored = DeploymentRecord.from_json(record.to_json())
+    await rollback(cluster, restored)
+    assert stored(cluster) is None
