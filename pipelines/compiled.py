@@ -12,10 +12,10 @@ from pathlib import Path
 from kfp import compiler
 
 from components.steps import DEFAULT_COMPONENTS_IMAGE, STEP_FUNCTIONS, make_components
+from pipelines.parameters import PIPELINE_YAML
 from pipelines.pipeline import build_pipeline
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PIPELINE_YAML = REPO_ROOT / "pipelines" / "iris_ab_pipeline.yaml"
+REPO_ROOT = PIPELINE_YAML.parent.parent
 COMPONENTS_YAML_DIR = REPO_ROOT / "components" / "yaml"
 
 

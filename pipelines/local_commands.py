@@ -1,7 +1,7 @@
 """``abflow run``, ``abflow compile`` and ``abflow predict``: the laptop half of the command line.
 
-``run`` takes one flag per pipeline parameter, generated from the pipeline's own signature so the
-two can never drift; only the help texts are written here.
+``run`` takes one flag per pipeline parameter, generated from the compiled pipeline's declared
+parameters (``pipelines.parameters``) so the two can never drift; only the help texts are written here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from pipelines.parameters import pipeline_parameters
 
 DEFAULT_DATA_DIR = Path("abflow-data")
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
@@ -48,8 +50,6 @@ PATH_PARAMETERS = ("artifact_root", "local_state_dir")
 
 
 def add_commands(subparsers: Any) -> None:
-    from pipelines.pipeline import iris_ab_pipeline
-
     run = subparsers.add_parser(
         "run",
         help="run the whole pipeline on this machine and leave an A/B endpoint on localhost",
@@ -69,14 +69,13 @@ def add_commands(subparsers: Any) -> None:
         default=DEFAULT_DATA_DIR,
         help="local folder for run outputs and logs, and the default artifact root (default: %(default)s)",
     )
-    converters = {"Float": float, "Integer": int, "String": str}
-    for name, spec in iris_ab_pipeline.component_spec.inputs.items():
-        default = None if name in PATH_PARAMETERS else spec.default
+    for name, parameter in pipeline_parameters().items():
+        default = None if name in PATH_PARAMETERS else parameter.default
         shown = "<data-dir>" if name in PATH_PARAMETERS else default
         run.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
-            type=converters[spec.type],
+            type=parameter.python_type,
             default=default,
             help=f"{PARAMETER_HELP[name]} (default: {shown})",
         )
@@ -116,10 +115,8 @@ def add_commands(subparsers: Any) -> None:
 
 
 def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.pipeline import iris_ab_pipeline
-
     data_dir = args.data_dir.resolve()
-    arguments = {name: getattr(args, name) for name in iris_ab_pipeline.component_spec.inputs}
+    arguments = {name: getattr(args, name) for name in pipeline_parameters()}
     for name in PATH_PARAMETERS:
         value = arguments[name] or str(data_dir)
         arguments[name] = value if value.startswith("gs://") else str(Path(value).resolve())

@@ -23,3 +23,18 @@ def test_writer_refuses_a_wrong_checksum(tmp_path: Path) -> None:
     metadata = ModelMetadata(name="iris", version="v1", sha256="0" * 64, versions={})
     with pytest.raises(ValueError, match="sha256"):
         write_model_folder(tmp_path, b"model", metadata)
+
+
+def test_runtime_versions_match_the_imported_libraries() -> None:
+    import joblib
+    import numpy
+    import sklearn
+
+    from serving.artifact import runtime_versions
+
+    versions = runtime_versions()
+    assert (versions["sklearn"], versions["joblib"], versions["numpy"]) == (
+        sklearn.__version__,
+        joblib.__version__,
+        numpy.__version__,
+    )

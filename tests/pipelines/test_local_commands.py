@@ -20,6 +20,19 @@ def test_every_pipeline_parameter_has_a_flag_with_help() -> None:
     assert arguments["artifact_root"].endswith("abflow-data")
 
 
+def test_building_the_command_line_does_not_import_kfp() -> None:
+    """Every abflow process builds the parser, `abflow serve` included: it must stay light."""
+    probe = "import sys; from pipelines.cli import build_parser; build_parser(); print('kfp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_flags_have_the_pipeline_types_and_defaults() -> None:
+    for name, spec in iris_ab_pipeline.component_spec.inputs.items():
+        parsed = getattr(build_parser().parse_args(["run"]), name)
+        assert parsed is None or parsed == spec.default, name
+
+
 def test_gcs_artifact_root_is_passed_through_untouched() -> None:
     args = build_parser().parse_args(["run", "--artifact-root", "gs://bucket/prefix"])
     assert pipeline_arguments(args)["artifact_root"] == "gs://bucket/prefix"
