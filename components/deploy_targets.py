@@ -47,6 +47,17 @@ def deploy(
             port=local_port,
             name=name,
         )
+    if target == "seldon":
+        from components.seldon_deploy import deploy_ab_seldon
+
+        return deploy_ab_seldon(
+            name=name,
+            model_a_uri=model_a_uri,
+            model_b_uri=model_b_uri,
+            ratio_a=ratio_a,
+            image=image,
+            namespace=namespace,
+        )
     raise ValueError(f"unknown deploy target {target!r}: use one of {', '.join(TARGETS)}")
 
 
@@ -57,4 +68,10 @@ def rollback(record_json: str) -> str:
         record = deployment.DeploymentRecord.from_json(record_json)
         restored = deployment.rollback_local(Path(record.state_root), expected_release=record.release)
         return f"release {restored.release} at {restored.endpoint}" if restored else "nothing (endpoint stopped)"
+    if target == "seldon":
+        from components.seldon_deploy import DeploymentRecord, rollback_seldon
+
+        seldon_record = DeploymentRecord.from_json(record_json)
+        rollback_seldon(seldon_record)
+        return f"the previous spec of SeldonDeployment {seldon_record.namespace}/{seldon_record.name}"
     raise ValueError(f"cannot roll back a deployment record of target {target!r}")
