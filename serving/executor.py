@@ -97,7 +97,7 @@ class Executor:
         started = time.perf_counter()
         arm_name = NO_ARM
         metrics = self.metrics
-        metrics.inflight.inc()
+        metrics.inflight += 1
         try:
             self._authorize(call)
             request = decode_prediction_request(call.body, call.content_type, n_features=self._n_features())
@@ -120,7 +120,7 @@ class Executor:
         except ArmFailed as exc:
             reply = status_reply(500, f"model arm {arm_name!r} failed: {exc}", INTERNAL_ERROR)
         finally:
-            metrics.inflight.dec()
+            metrics.inflight -= 1
         metrics.observe(arm_name, reply.status, time.perf_counter() - started,
                         None if reply.status == 200 else str(reply.status))
         return reply

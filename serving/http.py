@@ -63,17 +63,11 @@ async def _read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """Bind early so a taken port fails before any model server is started."""
-    sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
-    sock.setblocking(False)
-    return sock
-
-
 async def start_http(service: Service, host: str, port: int, *, sock: socket.socket | None = None) -> HttpEndpoint:
     runner = web.ServerRunner(make_handler(service), shutdown_timeout=DRAIN_SECONDS, access_log=None)
     await runner.setup()
-    sock = sock or bind(host, port)
+    if sock is None:
+        sock = socket.create_server((host, port), backlog=1024)
     site = web.SockSite(runner, sock)
     await site.start()
     return HttpEndpoint(runner, int(sock.getsockname()[1]))

@@ -2,7 +2,8 @@
 
 Each process owns a private registry, so the executor and every model server expose only their own
 series and tests can build many servers in one interpreter. Label children are cached because
-``labels()`` takes a lock and formats a key on every call, which matters at thousands of req/s.
+``labels()`` takes a lock and formats a key on every call, which matters at thousands of req/s; for
+the same reason the in-flight gauge is a plain int, read only when /metrics is scraped.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ class ServingMetrics:
                                   buckets=LATENCY_BUCKETS, registry=self.registry)
         self._feedback = Summary("abflow_feedback_reward", "Feedback rewards by arm (count and sum)",
                                  ["arm"], registry=self.registry)
-        self.inflight = Gauge("abflow_inflight_requests", "Prediction requests being served now",
-                              registry=self.registry)
+        self.inflight = 0
+        Gauge("abflow_inflight_requests", "Prediction requests being served now",
+              registry=self.registry).set_function(lambda: self.inflight)
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
 

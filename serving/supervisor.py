@@ -136,8 +136,6 @@ class ArmProcess:
 def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1",
                      port: int = 8000, ready_file: Path | None = None) -> int:
     """``abflow serve`` in the foreground: returns the exit code once stopped by SIGTERM/SIGINT."""
-    from serving.http import bind
-
     graph = load_graph(graph_path)
     uris = resolve_model_uris(graph, models)
     sock = bind(host, port)
@@ -146,10 +144,6 @@ def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str =
 
 async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: str,
                ready_file: Path | None) -> int:
-    from serving.armlink import ArmLink
-    from serving.executor import Executor
-    from serving.http import start_http
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -161,6 +155,10 @@ async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: st
         log(f"starting graph {graph.name!r}: {len(arms)} model server(s) in parallel")
         if not await _start_arms(arms, stop):
             return 1 if not stop.is_set() else 0
+        from serving.armlink import ArmLink
+        from serving.executor import Executor
+        from serving.http import start_http
+
         links = [ArmLink(arm.node.name, arm.socket_path) for arm in arms]
         await asyncio.gather(*(link.connect() for link in links))
         endpoint = await start_http(Executor(graph, uris, links), host, 0, sock=sock)
@@ -186,8 +184,12 @@ async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: st
 
 
 async def _start_arms(arms: list[ArmProcess], stop: asyncio.Event) -> bool:
+    """Start all arms at once; the executor's own imports then overlap with the arms' model loading."""
     starting: asyncio.Future[list[dict[str, Any]]] = asyncio.gather(*(arm.spawn() for arm in arms))
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    await asyncio.sleep(0)
+    import serving.executor
+    import serving.http  # noqa: F401 - imported while the arms load their models
     await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     if not starting.done():
@@ -220,6 +222,17 @@ def _announce(graph: Graph, url: str) -> None:
 def _url(host: str, port: int) -> str:
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
     return f"http://{f'[{shown}]' if ':' in shown and not shown.startswith('[') else shown}:{port}"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before anything starts, so a taken port fails at once rather than after model loading."""
+    try:
+        sock = socket.create_server((host, port), backlog=1024)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}): is another server "
+                                 "running there? pick another --port") from None
+    sock.setblocking(False)
+    return sock
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
