@@ -53,11 +53,11 @@ def add_commands(subparsers: Any) -> None:
         "serve",
         help="run a SeldonDeployment graph (model servers + A/B router) on this machine",
         description=(
-            "Run the graph of a SeldonDeployment (JSON or YAML, e.g. the tutorial's ab_test.json, "
-            "unchanged): one model-server process per MODEL node and an executor in front that "
-            "speaks the Seldon REST protocol, routes RANDOM_ABTEST traffic and reports the chosen "
-            "arm in meta.routing. Runs in the foreground until Ctrl-C/SIGTERM, which drains "
-            "in-flight requests and stops the model servers."
+            "Run the graph of a SeldonDeployment (JSON or YAML, e.g. the tutorial's ab_test.json,\n"
+            "unchanged): one model-server process per MODEL node and an executor in front that\n"
+            "speaks the Seldon REST protocol, routes RANDOM_ABTEST traffic and reports the chosen\n"
+            "arm in meta.routing. Runs in the foreground until Ctrl-C/SIGTERM, which drains\n"
+            "in-flight requests and stops the model servers. Progress goes to stderr."
         ),
         epilog=SERVE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
