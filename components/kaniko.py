@@ -21,10 +21,12 @@ import gzip
 import hashlib
 import io
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import dsl
 
+from components.imaging import BuildContext, registry_has_tag
 from serving.store import open_store
 
 KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"
@@ -84,6 +86,25 @@ def upload_build_context(context_dir: Path, artifact_root_uri: str, *, tag: str 
     if store.exists(key):
         return store.uri_for(key)
     return store.write_bytes(key, data)
+
+
+@dataclass(frozen=True)
+class KanikoStage:
+    """What the pipeline's kaniko branch needs: the ref to push, and whether a build is needed at all."""
+
+    image_ref: str
+    context_uri: str
+    build_needed: bool
+
+
+def stage_for_kaniko(context: BuildContext, *, image_repo: str, artifact_root_uri: str) -> KanikoStage:
+    """Upload ``context`` for kaniko unless ``image_repo:<content tag>`` is already in the registry
+    (then nothing is uploaded and the pipeline skips the build)."""
+    image_ref = f"{image_repo}:{context.tag}"
+    if registry_has_tag(image_ref):
+        return KanikoStage(image_ref=image_ref, context_uri="", build_needed=False)
+    context_uri = upload_build_context(context.path, artifact_root_uri, tag=context.tag)
+    return KanikoStage(image_ref=image_ref, context_uri=context_uri, build_needed=True)
 
 
 @dsl.container_component  # type: ignore[untyped-decorator]

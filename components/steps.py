@@ -111,16 +111,25 @@ def build_image(
     builder: str,
     image_repo: str,
     base_image: str,
+    artifact_root: str,
     build_context: Output[Artifact],
-) -> NamedTuple("ImageOutputs", [("image_ref", str), ("tag", str)]):  # type: ignore[valid-type]
+) -> NamedTuple(  # type: ignore[valid-type]
+    "ImageOutputs", [("image_ref", str), ("tag", str), ("context_uri", str), ("kaniko_needed", bool)]
+):
     """Build the serving image from a context tagged by its content hash; skip the build when that
     tag is already in the registry.
 
     Args:
-        builder: ``auto`` (buildah, else docker, else none), ``buildah``, ``docker`` or ``none``
-            (record the context and tag only: the local target needs no image).
+        builder: ``auto`` (buildah, else docker, else none), ``buildah``, ``docker``, ``kaniko``
+            (upload the context for the pipeline's kaniko step: on a cluster) or ``none`` (record the
+            context and tag only: the local target needs no image).
         image_repo: Repository to tag and push, e.g. ``registry.example.com/ml/iris-server``.
         base_image: Python base image of the serving image.
+        artifact_root: Where kaniko's build context is uploaded (``gs://``; kaniko builder only).
+
+    Returns:
+        image_ref: The image to deploy; empty for builder ``none`` (the seldon target then serves
+            the arms with Seldon's SKLEARN_SERVER).
     """
     from pathlib import Path
 
@@ -128,10 +137,23 @@ def build_image(
     from components.imaging import make_build_context
 
     context = make_build_context(Path(build_context.path), base_image=base_image)
+    build_context.metadata.update({"tag": context.tag, "builder": builder})
+    if builder == "kaniko":
+        from components.kaniko import stage_for_kaniko
+
+        stage = stage_for_kaniko(context, image_repo=image_repo, artifact_root_uri=artifact_root)
+        print(f"abflow: image {stage.image_ref} (kaniko build needed: {stage.build_needed})", flush=True)
+        return (stage.image_ref, context.tag, stage.context_uri, stage.build_needed)
     built = build(context, image_repo=image_repo, builder=builder)
-    build_context.metadata.update({"tag": built.tag, "builder": built.builder, "image": built.ref})
     print(f"abflow: image {built.ref} ({built.builder})", flush=True)
-    return (built.ref, built.tag)
+    return (built.ref if built.builder != "none" else "", built.tag, "", False)
+
+
+def skip_image_build(image_ref: str) -> str:
+    """The branch taken when kaniko has nothing to build (another builder ran, or the tag is already
+    pushed): no new digest, so the deployment uses the content-hash tag."""
+    print(f"abflow: no kaniko build needed ({image_ref or 'no image: arms use SKLEARN_SERVER'})", flush=True)
+    return ""
 
 
 def deploy_ab(
@@ -140,6 +162,7 @@ def deploy_ab(
     model_b_uri: str,
     ratio_a: float,
     image_ref: str,
+    image_digest: str,
     namespace: str,
     deployment_name: str,
     local_state_dir: str,
@@ -161,7 +184,7 @@ def deploy_ab(
         model_a_uri=model_a_uri,
         model_b_uri=model_b_uri,
         ratio_a=ratio_a,
-        image=image_ref,
+        image=f"{image_ref}@{image_digest}" if image_ref and image_digest else image_ref,
         namespace=namespace,
         name=deployment_name,
         local_state_dir=local_state_dir,
@@ -213,6 +236,7 @@ STEP_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     gate,
     store,
     build_image,
+    skip_image_build,
     deploy_ab,
     smoke_test,
     promote,
@@ -227,6 +251,7 @@ class Components:
     gate: Any
     store: Any
     build_image: Any
+    skip_image_build: Any
     deploy_ab: Any
     smoke_test: Any
     promote: Any

@@ -37,7 +37,7 @@ PARAMETER_HELP = {
     "artifact_root": "artifact store: a local folder or gs://bucket/prefix",
     "image_repo": "repository the serving image is tagged and pushed to",
     "base_image": "Python base image of the serving image",
-    "builder": "image builder: none (record the build context only), auto, buildah or docker",
+    "builder": "image builder: none (record the build context only), auto, buildah, docker; kaniko on a cluster",
     "target": "deploy target: local (processes on 127.0.0.1) or seldon (a SeldonDeployment)",
     "namespace": "Kubernetes namespace (seldon target)",
     "deployment_name": "name of the deployment (SeldonDeployment metadata.name)",
@@ -132,6 +132,8 @@ def check_arguments(arguments: dict[str, Any]) -> list[str]:
         problems.append(f"--test-size must be between 0 and 1 (exclusive), got {arguments['test_size']}")
     if arguments["smoke_requests"] < 1:
         problems.append(f"--smoke-requests must be at least 1, got {arguments['smoke_requests']}")
+    if arguments["builder"] == "kaniko":
+        problems.append("--builder kaniko runs in a cluster: use it with `abflow submit`, or pick buildah/docker/none")
     if arguments["target"] not in ("local", "seldon"):
         problems.append(f"--target must be local or seldon, got {arguments['target']!r}")
     return problems

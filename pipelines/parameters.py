@@ -34,7 +34,10 @@ class PipelineParameter:
 def pipeline_parameters(path: Path = PIPELINE_YAML) -> dict[str, PipelineParameter]:
     spec = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     declared = spec["root"]["inputDefinitions"]["parameters"]
-    return {
-        name: PipelineParameter(name, body["parameterType"], body.get("defaultValue"))
-        for name, body in declared.items()
-    }
+    parameters = {}
+    for name, body in declared.items():
+        kfp_type, default = body["parameterType"], body.get("defaultValue")
+        # The IR stores every number as a double (an int default reads back as 200.0).
+        typed_default = None if default is None else PYTHON_TYPES[kfp_type](default)
+        parameters[name] = PipelineParameter(name, kfp_type, typed_default)
+    return parameters

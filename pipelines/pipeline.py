@@ -10,10 +10,13 @@ from typing import Any
 
 from kfp import dsl
 
+from components.kaniko import kaniko_build
 from components.steps import DEFAULT_COMPONENTS_IMAGE, make_components
 
 PIPELINE_NAME = "iris-ab"
-STEP_NAMES = ("train", "gate", "store", "build-image", "deploy-ab", "smoke-test", "promote")
+STEP_NAMES = ("train", "gate", "store", "build-image", "skip-image-build", "deploy-ab", "smoke-test", "promote")
+"""The steps a run executes when kaniko has nothing to build (every local run); a kaniko build runs
+``kaniko-build`` in place of ``skip-image-build``."""
 
 
 def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
@@ -64,13 +67,20 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
             model_name=model_name,
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ).after(gated)
-        image = steps.build_image(builder=builder, image_repo=image_repo, base_image=base_image).after(gated)
+        image = steps.build_image(
+            builder=builder, image_repo=image_repo, base_image=base_image, artifact_root=artifact_root
+        ).after(gated)
+        with dsl.If(image.outputs["kaniko_needed"] == True, name="kaniko-build-needed"):  # noqa: E712 - a KFP condition
+            kaniko = kaniko_build(context_uri=image.outputs["context_uri"], image=image.outputs["image_ref"])
+        with dsl.Else(name="no-kaniko-build"):
+            skipped = steps.skip_image_build(image_ref=image.outputs["image_ref"])
         deployed = steps.deploy_ab(
             target=target,
             model_a_uri=stored.outputs["model_a_uri"],
             model_b_uri=stored.outputs["model_b_uri"],
             ratio_a=ratio_a,
             image_ref=image.outputs["image_ref"],
+            image_digest=dsl.OneOf(kaniko.outputs["digest"], skipped.output),
             namespace=namespace,
             deployment_name=deployment_name,
             local_state_dir=local_state_dir,
@@ -89,7 +99,7 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
             version=stored.outputs["version"],
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ).after(smoked)
-        for task in (trained, gated, stored, image, deployed, smoked, promoted):
+        for task in (trained, gated, stored, image, kaniko, skipped, deployed, smoked, promoted):
             task.set_caching_options(False)
         return deployed.outputs["endpoint"]  # type: ignore[no-any-return]
 

@@ -97,3 +97,23 @@ def test_upload_writes_the_archive_kaniko_reads_once(context: BuildContext, gcs_
 def test_upload_needs_object_storage(context: BuildContext, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="use a gs://bucket/prefix artifact root"):
         upload_build_context(context.path, str(tmp_path))
+
+
+def test_stage_uploads_the_context_when_the_tag_is_not_pushed(context: BuildContext, gcs_root: str) -> None:
+    """The registry is a closed port on 127.0.0.1 (it cannot say the tag exists), so kaniko must build."""
+    from components.kaniko import stage_for_kaniko
+    from tests.fixtures.processes import free_port
+
+    stage = stage_for_kaniko(context, image_repo=f"127.0.0.1:{free_port()}/ml/iris", artifact_root_uri=gcs_root)
+    assert stage.build_needed
+    assert stage.image_ref.endswith(f":{context.tag}")
+    assert stage.context_uri == f"{gcs_root}/build-contexts/{context.tag}/context.tar.gz"
+
+
+def test_the_shipped_pipeline_is_strict_kfp_ir_with_the_kaniko_branch() -> None:
+    from pipelines.parameters import PIPELINE_YAML
+
+    spec = yaml.safe_load(PIPELINE_YAML.read_text())
+    parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+    executors = parsed.deployment_spec["executors"].values()
+    assert [e["container"]["image"] for e in executors].count(KANIKO_IMAGE) == 1

@@ -30,7 +30,7 @@ def test_building_the_command_line_does_not_import_kfp() -> None:
 def test_flags_have_the_pipeline_types_and_defaults() -> None:
     for name, spec in iris_ab_pipeline.component_spec.inputs.items():
         parsed = getattr(build_parser().parse_args(["run"]), name)
-        assert parsed is None or parsed == spec.default, name
+        assert parsed is None or (parsed == spec.default and type(parsed) is type(spec.default)), name
 
 
 def test_gcs_artifact_root_is_passed_through_untouched() -> None:
@@ -45,6 +45,7 @@ def test_gcs_artifact_root_is_passed_through_untouched() -> None:
         ("--test-size", "1", "--test-size must be between 0 and 1"),
         ("--smoke-requests", "0", "--smoke-requests must be at least 1"),
         ("--target", "kserve", "--target must be local or seldon"),
+        ("--builder", "kaniko", "--builder kaniko runs in a cluster"),
     ],
 )
 def test_bad_parameters_are_rejected_before_running(flag: str, value: str, message: str) -> None:
@@ -74,7 +75,7 @@ def test_progress_log_reports_steps_and_keeps_the_failure_reason() -> None:
     progress.write(" is below min_accuracy 0.9\n      - and one more reason\n\n")
     progress.write("Task 'gate' finished with status FAILURE\n")
     shown = terminal.getvalue()
-    assert "[1/7] train ..." in shown and "trained, accuracy 0.974" in shown and "FAILED" in shown
+    assert "[1/8] train ..." in shown and "trained, accuracy 0.974" in shown and "FAILED" in shown
     reason = "GateFailed: accuracy 0.5 is below min_accuracy 0.9\n  - and one more reason"
     assert progress.last_error == {"gate": reason}
     assert "Executing task" in log.getvalue()
