@@ -17,3 +17,17 @@ def test_readme_has_two_commands_and_ci_runs_the_test_one() -> None:
     ci_script = (ROOT / ".ci" / "run").read_text()
     assert f"exec {test}" in ci_script
 
+
+
+def test_every_abflow_command_in_the_readme_parses() -> None:
+    """The tour is copy-pasted by newcomers: a renamed flag must fail here, not on their screen."""
+    import shlex
+
+    from pipelines.cli import build_parser
+
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = [line.strip() for block in re.findall(r"```bash\n(.+?)```", text, re.S) for line in block.splitlines()]
+    abflow_lines = [line.split("&&")[-1].strip() for line in commands if "abflow " in line]
+    assert len(abflow_lines) >= 5
+    for line in abflow_lines:
+        build_parser().parse_args(shlex.split(line)[1:])
