@@ -1,11 +1,10 @@
 """The serving image built for real: buildah (vfs storage, chroot isolation) on a Debian-made Python
 base, pushed to a docker-registry on 127.0.0.1, then run to answer a prediction.
 
-Measured on a 2-core machine shared with other builds (load average ~5), ``time python3 -m pytest
-tests/imaging/test_buildah.py``: 214 s with the base root filesystem cached (base image import and
-push ~50 s, ``pip install`` of the pinned wheels ~85 s, commit + push ~40 s, running the image ~18 s);
-the first run on a machine adds debootstrap (~1.5 min idle, ~4 min under that load). Idle, the warm
-run takes about 2 minutes.
+Measured with the base root filesystem cached, ``time python3 -m pytest tests/imaging``, on a 2-core
+machine shared with other builds: 158 s at load average ~3, 214 s at ~5 (base image import and push
+~50 s, ``pip install`` of the pinned wheels ~85 s, commit + push ~40 s, running the image ~20-35 s).
+The first run on a machine adds debootstrap: ~1.5 min idle, ~4 min under load.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from components.imaging import BuiltImage, ImageBuildError, build_image, make_build_context
+from components.imaging import BuildContext, BuiltImage, ImageBuildError, build_image, make_build_context
 from serving.artifact import DEFAULT_CLASS_NAMES
 from tests.fixtures.images import Buildah, Registry, stop_process
 from tests.fixtures.processes import free_port, wait_until
@@ -29,17 +28,25 @@ SETOSA = {"data": {"names": ["sl", "sw", "pl", "pw"], "tensor": {"shape": [1, 4]
 
 
 @pytest.fixture(scope="module")
-def serving_image(
-    tmp_path_factory: pytest.TempPathFactory, python_base_image: str, image_registry: Registry, buildah: Buildah
-) -> BuiltImage:
-    context = make_build_context(tmp_path_factory.mktemp("serving-context"), base_image=python_base_image)
+def serving_context(tmp_path_factory: pytest.TempPathFactory, python_base_image: str) -> BuildContext:
+    """Made once: the working tree may change while the module runs, and a rebuild must see the same bytes."""
+    return make_build_context(tmp_path_factory.mktemp("serving-context") / "ctx", base_image=python_base_image)
+
+
+def build(context: BuildContext, registry: Registry, buildah: Buildah, *, push: bool = True) -> BuiltImage:
     return build_image(
         context,
-        image_repo=f"{image_registry.host}/{REPOSITORY}",
+        image_repo=f"{registry.host}/{REPOSITORY}",
         builder="buildah",
+        push=push,
         tls_verify=False,
         storage_root=buildah.storage_root,
     )
+
+
+@pytest.fixture(scope="module")
+def serving_image(serving_context: BuildContext, image_registry: Registry, buildah: Buildah) -> BuiltImage:
+    return build(serving_context, image_registry, buildah)
 
 
 def test_build_pushes_the_content_tag(serving_image: BuiltImage, image_registry: Registry) -> None:
@@ -49,19 +56,10 @@ def test_build_pushes_the_content_tag(serving_image: BuiltImage, image_registry:
 
 
 def test_unchanged_context_is_not_rebuilt(
-    serving_image: BuiltImage, python_base_image: str, image_registry: Registry, buildah: Buildah, tmp_path: Path
+    serving_image: BuiltImage, serving_context: BuildContext, image_registry: Registry, buildah: Buildah
 ) -> None:
-    context = make_build_context(tmp_path / "again", base_image=python_base_image)
-    assert context.tag == serving_image.tag
     for push in (True, False):  # in the registry when pushing, in buildah's storage when not
-        again = build_image(
-            context,
-            image_repo=f"{image_registry.host}/{REPOSITORY}",
-            builder="buildah",
-            push=push,
-            tls_verify=False,
-            storage_root=buildah.storage_root,
-        )
+        again = build(serving_context, image_registry, buildah, push=push)
         assert again.skipped_existing, f"push={push}"
         assert (again.ref, again.pushed) == (serving_image.ref, push)
 
@@ -126,13 +124,7 @@ def test_missing_base_image_fails_with_the_tools_output_and_what_to_do(
 ) -> None:
     context = make_build_context(tmp_path / "ctx", base_image=f"{image_registry.host}/no-such-base:1")
     with pytest.raises(ImageBuildError) as failure:
-        build_image(
-            context,
-            image_repo=f"{image_registry.host}/{REPOSITORY}",
-            builder="buildah",
-            tls_verify=False,
-            storage_root=buildah.storage_root,
-        )
+        build(context, image_registry, buildah)
     message = str(failure.value)
     assert "building" in message and "no-such-base" in message
     assert "  | " in message, "the tool's own output is quoted"
