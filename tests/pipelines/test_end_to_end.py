@@ -17,6 +17,7 @@ import requests
 from components.deployment import current_deployment, stop_local
 from components.registry import read_champion
 from pipelines.local_commands import TUTORIAL_PAYLOAD
+from pipelines.pipeline import STEP_NAMES
 from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ def project(tmp_path: Path) -> Iterator[LocalProject]:
 def test_two_runs_make_a_champion_and_a_failed_smoke_rolls_back(project: LocalProject) -> None:
     first = project.run()
     assert first.returncode == 0, first.stderr
-    assert "[7/7] promote" in first.stderr
+    assert f"[{len(STEP_NAMES)}/{len(STEP_NAMES)}] promote" in first.stderr
     assert f"curl -s -X POST http://127.0.0.1:{project.port}/api/v1.0/predictions" in first.stdout
     body = project.predict()
     assert body["meta"]["routing"].keys() == {"random-ab-test"}  # type: ignore[index]
