@@ -73,5 +73,6 @@ def rollback(record_json: str) -> str:
 
         seldon_record = DeploymentRecord.from_json(record_json)
         rollback_seldon(seldon_record)
-        return f"the previous spec of SeldonDeployment {seldon_record.namespace}/{seldon_record.name}"
+        where = f"SeldonDeployment {seldon_record.namespace}/{seldon_record.name}"
+        return f"the previous spec of {where}" if seldon_record.previous else f"nothing ({where} deleted)"
     raise ValueError(f"cannot roll back a deployment record of target {target!r}")
