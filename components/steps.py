@@ -41,6 +41,7 @@ def train(
     """
     import json
 
+    from components import steplog
     from components.training import train_iris, train_summary
 
     result = train_iris(c=c, max_iter=max_iter, test_size=test_size, seed=seed)
@@ -50,7 +51,7 @@ def train(
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     confusion_matrix.log_confusion_matrix(list(result.class_names), result.confusion_matrix)
-    print(f"abflow: trained, accuracy {result.metrics['accuracy']:.3f}", flush=True)
+    steplog.note(f"trained, accuracy {result.metrics['accuracy']:.3f}")
     return (result.metrics["accuracy"], json.dumps(train_summary(result)))
 
 
@@ -67,6 +68,7 @@ def gate(
     missed."""
     import json
 
+    from components import steplog
     from components.gating import check_gate
     from components.registry import read_champion
 
@@ -79,7 +81,7 @@ def gate(
     )
     for name, value in result.as_metrics().items():
         decision.log_metric(name, value)
-    print(f"abflow: gate passed ({result.describe()})", flush=True)
+    steplog.note(f"gate passed ({result.describe()})")
 
 
 def store(
@@ -96,6 +98,7 @@ def store(
     Args:
         artifact_root: A local folder or ``gs://bucket/prefix``.
     """
+    from components import steplog
     from components.registry import choose_arms, publish_model
     from components.training import train_result_from
 
@@ -103,7 +106,7 @@ def store(
         result = train_result_from(handle.read(), summary)
     published = publish_model(artifact_root, model_name, result, run_id=run_id)
     arms = choose_arms(artifact_root, model_name, published.uri)
-    print(f"abflow: stored {published.uri}", flush=True)
+    steplog.note(f"stored {published.uri}")
     return (published.uri, published.version, arms.model_a_uri, arms.model_b_uri)
 
 
@@ -133,6 +136,7 @@ def build_image(
     """
     from pathlib import Path
 
+    from components import steplog
     from components.imaging import build_image as build
     from components.imaging import make_build_context
 
@@ -142,17 +146,19 @@ def build_image(
         from components.kaniko import stage_for_kaniko
 
         stage = stage_for_kaniko(context, image_repo=image_repo, artifact_root_uri=artifact_root)
-        print(f"abflow: image {stage.image_ref} (kaniko build needed: {stage.build_needed})", flush=True)
+        steplog.note(f"image {stage.image_ref} (kaniko build needed: {stage.build_needed})")
         return (stage.image_ref, context.tag, stage.context_uri, stage.build_needed)
     built = build(context, image_repo=image_repo, builder=builder)
-    print(f"abflow: image {built.ref} ({built.builder})", flush=True)
+    steplog.note(f"image {built.ref} ({built.builder})")
     return (built.ref if built.builder != "none" else "", built.tag, "", False)
 
 
 def skip_image_build(image_ref: str) -> str:
     """The branch taken when kaniko has nothing to build (another builder ran, or the tag is already
     pushed): no new digest, so the deployment uses the content-hash tag."""
-    print(f"abflow: no kaniko build needed ({image_ref or 'no image: arms use SKLEARN_SERVER'})", flush=True)
+    from components import steplog
+
+    steplog.note(f"no kaniko build needed ({image_ref or 'builder none: no image'})")
     return ""
 
 
@@ -177,6 +183,7 @@ def deploy_ab(
         local_state_dir: Where the local target keeps its releases (local target only).
         local_port: Port of the local endpoint (local target only).
     """
+    from components import steplog
     from components.deploy_targets import deploy
 
     record = deploy(
@@ -190,7 +197,7 @@ def deploy_ab(
         local_state_dir=local_state_dir,
         local_port=local_port,
     )
-    print(f"abflow: deployed {record.endpoint}", flush=True)
+    steplog.note(f"deployed {record.endpoint}")
     return (record.endpoint, record.to_json())
 
 
@@ -206,6 +213,7 @@ def smoke_test(
     """Send ``requests`` tutorial-format predictions and check status, schema, class names,
     probabilities, ``meta.routing``, both arms, the arm-A share (binomial test) and p99. On failure
     the endpoint is rolled back to the previous deployment and the run fails with the reasons."""
+    from components import steplog
     from components.deploy_targets import rollback
     from components.smoke import render_html_report, require_pass, run_smoke
 
@@ -216,18 +224,19 @@ def smoke_test(
         metrics.log_metric(name, value)
     if not result.passed:
         restored = rollback(record)
-        print(f"abflow: smoke failed, rolled back to {restored}", flush=True)
+        steplog.note(f"smoke failed, rolled back to {restored}")
     require_pass(result)
-    print(f"abflow: smoke passed ({result.describe()})", flush=True)
+    steplog.note(f"smoke passed ({result.describe()})")
 
 
 def promote(artifact_root: str, model_name: str, version: str, run_id: str) -> str:
     """Make the model that passed the smoke test the champion (arm A of the next run). The champion
     pointer is swapped atomically, so racing scheduled runs lose no promotion."""
+    from components import steplog
     from components.registry import promote_version
 
     champion = promote_version(artifact_root, model_name, version, run_id=run_id)
-    print(f"abflow: champion is now {champion.version}", flush=True)
+    steplog.note(f"champion is now {champion.version}")
     return str(champion.version)
 
 
