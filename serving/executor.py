@@ -75,6 +75,8 @@ class Executor:
         self.router = router if router is not None or node is None else make_router(node)
         self._request_paths = tuple({n.name: n.image or model_uris[n.name]} for n in nodes)
         self._routings = tuple({self._router_name: i} if self._router_name else {} for i in range(len(nodes)))
+        self._features: int | None = None
+        self._features_known = False
         self._oauth = (TokenIssuer(graph.oauth_key, graph.oauth_secret)
                        if graph.oauth_key is not None and graph.oauth_secret is not None else None)
         self.routes = Routes()
@@ -172,9 +174,20 @@ class Executor:
         return Reply(200, self.metrics.exposition(), self.metrics.content_type)
 
     def _n_features(self) -> int | None:
-        """The feature count every arm agrees on, so the decoder can say "expected 4, got 3"."""
-        counts = {arm.info.n_features if arm.info else None for arm in self.arms}
-        return counts.pop() if len(counts) == 1 else None
+        """The feature count every arm agrees on, so the decoder can say "expected 4, got 3".
+
+        Worked out once, when every arm has said hello (an arm restarts with the same model, so the
+        answer never changes); until then each request asks again.
+        """
+        if self._features_known:
+            return self._features
+        infos = [arm.info for arm in self.arms]
+        if any(info is None for info in infos):
+            return None
+        counts = {info.n_features for info in infos if info is not None}
+        self._features = counts.pop() if len(counts) == 1 else None
+        self._features_known = True
+        return self._features
 
     def _feedback_arm(self, routing: dict[str, int]) -> int:
         if self._router_name is None:

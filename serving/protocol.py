@@ -7,7 +7,6 @@ says what was wrong; anything else escaping the decoder is a bug (a fuzz test ho
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,8 @@ _NUMBER_TYPES = frozenset((int, float))
 _JSON_TYPES = ("application/json", "")
 _FORM_TYPE = "application/x-www-form-urlencoded"
 _OTHER_PAYLOADS = ("jsonData", "strData", "binData")
+# Byte → puid character: 256 is a multiple of 32, so every character is equally likely (5 random bits).
+_PUID_CHARS = bytes(b"abcdefghijklmnopqrstuvwxyz234567"[i % 32] for i in range(256))
 
 
 def status_body(code: int, info: str, reason: str) -> bytes:
@@ -64,8 +65,12 @@ class Feedback:
 
 
 def new_puid() -> str:
-    """A 26-character lowercase id, the length and alphabet of Seldon's puids, from 128 random bits."""
-    return base64.b32encode(os.urandom(16)).decode("ascii").rstrip("=").lower()
+    """A 26-character lowercase id, the length and alphabet of Seldon's puids, from 130 random bits.
+
+    One C-level ``translate`` of 26 random bytes instead of base32-encoding 16 of them: it runs on
+    every response, and ``base64.b32encode`` is a Python loop (~5 µs against <1 µs).
+    """
+    return os.urandom(26).translate(_PUID_CHARS).decode("ascii")
 
 
 def decode_prediction_request(
