@@ -24,7 +24,7 @@ import orjson
 
 from serving.armlink import ArmInfo, Rows, serve_frames
 from serving.metrics import ServingMetrics
-from serving.model import LoadedModel, ModelLoadError, load_model
+from serving.model import LoadedModel, ModelLoadError, load_model, trust_decoded_input
 from serving.protocol import (
     INTERNAL_ERROR,
     MAX_BODY_BYTES,
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"abflow model server {args.name!r}: refusing to start: {exc}", file=sys.stderr)
         return 2
+    trust_decoded_input()
     try:
         asyncio.run(run(args, model))
     except OSError as exc:
