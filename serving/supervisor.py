@@ -2,9 +2,10 @@
 lifecycle around them (parallel start, restart with backoff, graceful stop, detached mode).
 
 The executor runs inside the supervising process: it is the process users talk to, so if it dies the
-graph is down anyway, and sharing it saves a whole interpreter of memory. Each arm is a child
-process in its own session (a terminal's Ctrl-C reaches only the supervisor, which drains before it
-stops the arms) that also dies with the supervisor, even on SIGKILL (see ``die_with_parent``).
+graph is down anyway, and sharing it saves a whole interpreter of memory. Each arm is its own process,
+forked by the zygote (``serving.zygote``) that imported the model runtime once, in a session apart
+(a terminal's Ctrl-C reaches only the supervisor, which drains before it stops the arms); the zygote
+dies with the supervisor and the arms with the zygote, even on SIGKILL (see ``die_with_parent``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.graph import Graph, ModelNode, load_graph, resolve_model_uris
+from serving.zygote import ForkedArm, Zygote, ZygoteGone
 
 ARM_READY_TIMEOUT = 60.0
 ARM_STOP_TIMEOUT = 5.0
@@ -64,26 +66,24 @@ class EndpointInfo:
 class ArmProcess:
     """One MODEL node's server process, restarted with exponential backoff when it dies."""
 
-    def __init__(self, index: int, node: ModelNode, uri: str, socket_path: str) -> None:
+    def __init__(self, index: int, node: ModelNode, uri: str, socket_path: str, zygote: Zygote) -> None:
         self.index = index
         self.node = node
         self.uri = uri
         self.socket_path = socket_path
-        self.proc: asyncio.subprocess.Process | None = None
+        self.zygote = zygote
+        self.proc: ForkedArm | None = None
         self.stopping = False
 
     async def spawn(self) -> dict[str, Any]:
-        from serving.modelserver import PARENT_PID_ENV
-
         image = ["--image", self.node.image] if self.node.image else []
         started = time.monotonic()
-        self.proc = proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "serving.modelserver", "--model", self.uri, "--name", self.node.name,
-            "--host", "127.0.0.1", "--port", "0", "--socket", self.socket_path, *image,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
-            env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
-        )
-        assert proc.stdout is not None
+        try:
+            self.proc = proc = await self.zygote.spawn([
+                "--model", self.uri, "--name", self.node.name, "--host", "127.0.0.1", "--port", "0",
+                "--socket", self.socket_path, *image])
+        except ZygoteGone as exc:
+            raise ArmStartError(f"cannot start the model server for node {self.node.name!r}: {exc}") from None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), ARM_READY_TIMEOUT)
         except TimeoutError:
@@ -111,8 +111,8 @@ class ArmProcess:
                 return
             if time.monotonic() - alive_since > STABLE_AFTER:
                 backoff = BACKOFF_FIRST
-            log(f"arm {self.node.name!r} (pid {self.proc.pid}) exited with code {code}; "
-                f"restarting in {backoff:g}s")
+            how = f"exited with code {code}" if code is not None else "went down with its zygote"
+            log(f"arm {self.node.name!r} (pid {self.proc.pid}) {how}; restarting in {backoff:g}s")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
             with contextlib.suppress(ArmStartError):
@@ -121,15 +121,13 @@ class ArmProcess:
     async def stop(self) -> None:
         self.stopping = True
         proc = self.proc
-        if proc is None or proc.returncode is not None:
+        if proc is None or not proc.running:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+        proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), ARM_STOP_TIMEOUT)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            proc.kill()
             await proc.wait()
 
 
@@ -139,17 +137,21 @@ def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str =
     graph = load_graph(graph_path)
     uris = resolve_model_uris(graph, models)
     sock = bind(host, port)
-    return asyncio.run(_run(graph, uris, sock, host, ready_file))
+    zygote = Zygote.start()  # before the event loop, so its imports overlap the executor's
+    try:
+        return asyncio.run(_run(graph, uris, sock, host, ready_file, zygote))
+    finally:
+        zygote.close()
 
 
 async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: str,
-               ready_file: Path | None) -> int:
+               ready_file: Path | None, zygote: Zygote) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runtime = Path(tempfile.mkdtemp(prefix="abflow-serve-"))
-    arms = [ArmProcess(i, node, uris[node.name], str(runtime / f"arm{i}.sock"))
+    arms = [ArmProcess(i, node, uris[node.name], str(runtime / f"arm{i}.sock"), zygote)
             for i, node in enumerate(graph.model_nodes())]
     try:
         log(f"starting graph {graph.name!r}: {len(arms)} model server(s) in parallel")
@@ -179,6 +181,7 @@ async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: st
         return 0
     finally:
         await asyncio.gather(*(arm.stop() for arm in arms))
+        zygote.close()
         shutil.rmtree(runtime, ignore_errors=True)
         log("stopped")
 

@@ -23,6 +23,7 @@ from tests.fixtures.serving import (
     TUTORIAL_DIR,
     ServedGraph,
     ab_graph_file,
+    parent_pid,
     process_alive,
     serve_command,
     serving_env,
@@ -75,6 +76,7 @@ def test_sigterm_drains_a_slow_request_and_leaves_no_orphans(serve_graph: ServeG
     slow = write_slow_model(tmp_path / "slow")
     served = serve_graph(TUTORIAL_DIR / "TMPL_deployment.json", {"sklearn-iris-classifier": slow})
     arm_pids = list(served.arm_pids().values())
+    zygote = parent_pid(arm_pids[0])
     result: dict[str, requests.Response] = {}
     request = threading.Thread(target=lambda: result.setdefault("response", served.predict()))
     request.start()
@@ -89,18 +91,43 @@ def test_sigterm_drains_a_slow_request_and_leaves_no_orphans(serve_graph: ServeG
     assert result["response"].status_code == 200
     assert result["response"].json()["data"]["tensor"]["shape"] == [1, 3]
     assert served.proc.wait(timeout=30) == 0
-    for pid in arm_pids:
-        wait_until(lambda pid=pid: not process_alive(pid), what=f"arm pid {pid} to exit")
+    for pid in [*arm_pids, zygote]:
+        wait_until(lambda pid=pid: not process_alive(pid), what=f"pid {pid} to exit")
     assert "draining" in served.log()
 
 
-def test_arms_die_with_a_killed_supervisor(serve_graph: ServeGraph, iris_model_dir: Path) -> None:
-    served = serve_graph(TUTORIAL_DIR / "TMPL_deployment.json", {"sklearn-iris-classifier": iris_model_dir})
+def test_arms_and_their_zygote_die_with_a_killed_supervisor(serve_graph: ServeGraph, tmp_path: Path,
+                                                            iris_model_dir: Path) -> None:
+    served = serve_graph(ab_graph_file(tmp_path, "0.5"),
+                         {"classifier-1": iris_model_dir, "classifier-2": iris_model_dir})
     arm_pids = list(served.arm_pids().values())
+    zygotes = {parent_pid(pid) for pid in arm_pids}
+    assert len(zygotes) == 1 and parent_pid(next(iter(zygotes))) == served.proc.pid
     served.proc.kill()
     served.proc.wait(timeout=10)
-    for pid in arm_pids:
-        wait_until(lambda pid=pid: not process_alive(pid), what=f"orphaned arm pid {pid} to exit")
+    for pid in [*zygotes, *arm_pids]:
+        wait_until(lambda pid=pid: not process_alive(pid), what=f"orphaned pid {pid} to exit")
+
+
+def test_a_killed_zygote_takes_its_arms_and_the_supervisor_starts_both_again(
+        serve_graph: ServeGraph, tmp_path: Path, iris_model_dir: Path, iris_model_dir_b: Path) -> None:
+    served = serve_graph(ab_graph_file(tmp_path, "0.5"),
+                         {"classifier-1": iris_model_dir, "classifier-2": iris_model_dir_b})
+    old_arms = set(served.arm_pids().values())
+    zygote = parent_pid(next(iter(old_arms)))
+    os.kill(zygote, signal.SIGKILL)
+    for pid in old_arms:
+        wait_until(lambda pid=pid: not process_alive(pid), what=f"arm pid {pid} to exit with its zygote")
+
+    def recovered() -> bool:
+        health = served.health()
+        return health["status"] == "ok" and not old_arms & {arm["pid"] for arm in health["arms"]}
+
+    wait_until(recovered, timeout=60, interval=0.1, what="the supervisor to fork both arms from a new zygote")
+    new_zygotes = {parent_pid(pid) for pid in served.arm_pids().values()}
+    assert len(new_zygotes) == 1 and zygote not in new_zygotes
+    assert {answer["meta"]["routing"]["random-ab-test"] for answer in served.predict_many(40)} == {0, 1}
+    assert "went down with its zygote" in served.log()
 
 
 def test_a_tampered_model_makes_serve_exit_with_the_reason(tmp_path: Path, iris_model_dir: Path) -> None:
