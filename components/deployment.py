@@ -1,19 +1,24 @@
 """The ``local`` deploy target: run the A/B graph as processes on this machine, one release at a time.
 
-A pipeline run must never leave users worse off than before it, so a deploy is ordered to keep the
-running endpoint as long as possible: both models are loaded here first (a corrupt or version-skewed
-artifact fails before anything running is touched), the graph is written into a new numbered release,
-and only then is the current release stopped and the new one started on the same port (the port is
-the URL users and the smoke test hold). If the new release does not become ready, the previous one is
-started again before the error is raised. The last two releases are kept as pointers so the smoke
-step can roll back.
+A pipeline run must never leave users worse off than before it, and the port is the URL users and the
+smoke test hold, so a release replaces another blue/green on that same port: the new release starts
+beside the running one (both listen with SO_REUSEPORT; the newcomer draws every new connection once
+it listens, see ``serving.supervisor.take_over``), and only when it has written its own ready file
+(arms up, listening) is the old one stopped, which finishes its in-flight requests and sends its
+keep-alive clients over. A client sees no failed request. If the new release does not start (a
+corrupt or version-skewed artifact makes its arm refuse to load, so it exits), the running one was
+never touched and the error says why. That start is the artifact check: it loads the models exactly
+as serving will, in the serving processes, so no separate pre-flight load is needed. The last two
+releases are kept as pointers so the smoke step can roll back, the same way.
 
 Layout under ``state_root``::
 
     releases/<n>/graph.json     the SeldonDeployment this release runs (parses back to the graph)
     releases/<n>/release.json   its DeploymentRecord
-    serving/                    the running endpoint's state (pid, URL, log): one endpoint runs at a
-                                time, and this is where `abflow status` / `abflow down` look
+    releases/<n>/serving/       that release's endpoint state (pid, URL, log) while it runs
+    serving -> releases/<n>/serving
+                                the live endpoint's state, swapped atomically once a new release is
+                                ready: where `abflow status` / `abflow down --state-dir <root>/serving` look
     current.json, previous.json DeploymentRecords, each replaced atomically
     .lock                       serialises deploys and rollbacks into this state root
 """
@@ -25,6 +30,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +41,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 from serving.graph import GraphError, ab_graph, to_seldon_deployment
-from serving.model import ModelLoadError, load_model
 from serving.supervisor import DetachError, endpoint_status, start_detached, stop_detached
 
 TARGET = "local"
@@ -48,9 +53,6 @@ SERVING_DIR = "serving"
 CURRENT = "current.json"
 PREVIOUS = "previous.json"
 LOCK = ".lock"
-# Restarting a release that served before gets a full wait whatever the caller allowed the new one:
-# a short ready_timeout is a bet about the new release, not a reason to leave users with no endpoint.
-RESTORE_READY_TIMEOUT = 30.0
 
 
 class DeployError(RuntimeError):
@@ -113,15 +115,14 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
     """Replace the running A/B graph under ``state_root`` with one serving ``model_a_uri`` (arm A,
     ``ratio_a`` of traffic) and ``model_b_uri``; see the module docstring for the order of steps.
 
-    Raises ``ValueError`` for a bad ``ratio_a``/``port``, ``ModelLoadError`` for an artifact that
-    cannot be served (nothing running was touched), ``DeployError`` when the new release did not
-    start (the previous one was restarted first).
+    Raises ``ValueError`` for a bad ``ratio_a``/``port`` and ``DeployError`` when the new release did
+    not start (a model that cannot be served, a port held by something else): the running release
+    was not touched, and the new release's folder is removed again.
     """
     _check_ratio(ratio_a)
     if not 0 < port < 65536:
         raise ValueError(f"port must be between 1 and 65535, got {port}")
     model_a_uri, model_b_uri = _absolute_uri(model_a_uri), _absolute_uri(model_b_uri)
-    _preflight({"arm A (classifier-1)": model_a_uri, "arm B (classifier-2)": model_b_uri}, state_root)
     try:
         graph = ab_graph(name, model_a_uri, model_b_uri, ratio_a,
                          router_name=DEFAULT_ROUTER_NAME, arm_names=DEFAULT_ARM_NAMES)
@@ -141,16 +142,15 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
             graph_path=str(graph_path), model_a_uri=model_a_uri, model_b_uri=model_b_uri,
             ratio_a=float(ratio_a), previous_release=current.release if current else None,
             router_name=DEFAULT_ROUTER_NAME, arm_names=DEFAULT_ARM_NAMES, host=host, port=port,
-            state_root=str(state_root), serving_state_dir=str(state_root / SERVING_DIR),
+            state_root=str(state_root), serving_state_dir=str(_serving_dir(state_root, release)),
             deployed_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        if current is not None:
-            stop_detached(Path(current.serving_state_dir))
         try:
-            started = _start(planned, ready_timeout)
+            started = _switch(state_root, planned, current, ready_timeout)
         except DeployError as exc:
-            raise DeployError(f"deploy: release {release} did not start; {_restore(current, ready_timeout)}. "
-                              f"Cause: {exc}") from exc
+            shutil.rmtree(folder, ignore_errors=True)
+            raise DeployError(f"deploy: release {release} did not start, so nothing changed: "
+                              f"{_still_serving(current)}. Cause: {exc}") from exc
         _write_atomic(folder / RELEASE_FILE, started.to_json())
         if current is not None:
             _write_atomic(state_root / PREVIOUS, current.to_json())
@@ -160,8 +160,9 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
 
 def rollback_local(state_root: Path, *, expected_release: int | None = None,
                    ready_timeout: float = 30.0) -> DeploymentRecord | None:
-    """Put the previous release back on the same port and swap the pointers (so a second rollback
-    undoes the first). With no previous release the endpoint is stopped and ``None`` returned.
+    """Put the previous release back on the same port, blue/green like a deploy, and swap the pointers
+    (so a second rollback undoes the first). With no previous release the endpoint is stopped and
+    ``None`` returned.
 
     ``expected_release`` guards the pipeline's smoke step: if another run deployed in the meantime,
     rolling back would discard *its* release, so this refuses instead.
@@ -177,18 +178,20 @@ def rollback_local(state_root: Path, *, expected_release: int | None = None,
                 f"(release {current.release} is, deployed {current.deployed_at}); not rolling back "
                 "another run's deployment: check `abflow status` and roll back by hand if intended")
         previous = _read_record(state_root / PREVIOUS)
-        stop_detached(Path(current.serving_state_dir))
         if previous is None:
+            _adopt_legacy_serving_dir(state_root)
+            stop_detached(_serving_dir(state_root, current.release))
             _write_atomic(state_root / PREVIOUS, current.to_json())
             (state_root / CURRENT).unlink()
             return None
         target = dataclasses.replace(previous, previous_release=current.release, host=current.host,
-                                     port=current.port)
+                                     port=current.port,
+                                     serving_state_dir=str(_serving_dir(state_root, previous.release)))
         try:
-            restored = _start(target, ready_timeout)
+            restored = _switch(state_root, target, current, ready_timeout)
         except DeployError as exc:
-            raise DeployError(f"rollback: release {previous.release} did not start; "
-                              f"{_restore(current, ready_timeout)}. Cause: {exc}") from exc
+            raise DeployError(f"rollback: release {previous.release} did not start, so nothing changed: "
+                              f"{_still_serving(current)}. Cause: {exc}") from exc
         _write_atomic(state_root / PREVIOUS, current.to_json())
         _write_atomic(state_root / CURRENT, restored.to_json())
         return restored
@@ -200,15 +203,18 @@ def current_deployment(state_root: Path) -> DeploymentRecord | None:
 
 
 def stop_local(state_root: Path, timeout: float = 10.0) -> bool:
-    """Stop the endpoint under ``state_root`` if it runs; the pointers stay, so a later deploy or
-    rollback knows the history. Returns whether something was stopped."""
-    return stop_detached(state_root / SERVING_DIR, timeout=timeout)
+    """Stop the endpoint under ``state_root`` (and any release left running beside it) if it runs; the
+    pointers stay, so a later deploy or rollback knows the history. Returns whether something was
+    stopped."""
+    stopped = stop_detached(state_root / SERVING_DIR, timeout=timeout)
+    for serving in sorted((state_root / RELEASES).glob(f"*/{SERVING_DIR}")):
+        stopped = stop_detached(serving, timeout=timeout) or stopped
+    return stopped
 
 
 def local_endpoint_status(state_root: Path) -> dict[str, Any] | None:
-    """The serving runtime's status of the current release, for ``abflow status``-style reporting."""
-    current = current_deployment(state_root)
-    return endpoint_status(Path(current.serving_state_dir)) if current else None
+    """The serving runtime's status of the live release, for ``abflow status``-style reporting."""
+    return endpoint_status(state_root / SERVING_DIR)
 
 
 def _check_ratio(ratio_a: float) -> None:
@@ -225,42 +231,57 @@ def _absolute_uri(uri: str) -> str:
     return str(Path(uri).expanduser().resolve())
 
 
-def _preflight(arms: dict[str, str], state_root: Path) -> None:
-    """Load each distinct model as the server will, so a bad artifact fails before anything stops."""
-    checked: set[str] = set()
-    for arm, uri in arms.items():
-        if uri in checked:
-            continue
-        try:
-            load_model(uri)
-        except ModelLoadError as exc:
-            current = current_deployment(state_root)
-            kept = (f"release {current.release} keeps serving at {current.endpoint}" if current
-                    else "nothing was deployed")
-            raise ModelLoadError(f"deploy: {arm} model {uri} cannot be served: {exc} ({kept})") from exc
-        checked.add(uri)
+def _switch(state_root: Path, target: DeploymentRecord, current: DeploymentRecord | None,
+            ready_timeout: float) -> DeploymentRecord:
+    """Start ``target`` beside ``current`` on the same port, point ``serving`` at it, stop ``current``.
+
+    Raises ``DeployError`` before anything running is touched if ``target`` does not get ready.
+    """
+    _adopt_legacy_serving_dir(state_root)
+    started = _start(target, ready_timeout)
+    _point_serving_at(state_root, target.release)
+    if current is not None:
+        stop_detached(_serving_dir(state_root, current.release))
+    return started
 
 
 def _start(record: DeploymentRecord, ready_timeout: float) -> DeploymentRecord:
     try:
         info = start_detached(Path(record.graph_path), record.models(), host=record.host, port=record.port,
-                              state_dir=Path(record.serving_state_dir), ready_timeout=ready_timeout)
-    except (DetachError, GraphError, ModelLoadError, OSError) as exc:
+                              state_dir=Path(record.serving_state_dir), ready_timeout=ready_timeout,
+                              reuse_port=True)
+    except (DetachError, GraphError, OSError) as exc:
         raise DeployError(str(exc)) from exc
     return dataclasses.replace(record, endpoint=info.url.rstrip("/"))
 
 
-def _restore(record: DeploymentRecord | None, ready_timeout: float) -> str:
-    """Start ``record`` again after a failed switch; the sentence says where that leaves the user."""
+def _still_serving(record: DeploymentRecord | None) -> str:
     if record is None:
-        return "nothing was deployed before, so no endpoint is running: fix the cause and deploy again"
-    try:
-        _start(record, max(ready_timeout, RESTORE_READY_TIMEOUT))
-    except DeployError as exc:
-        return (f"restarting release {record.release} failed too, so no endpoint is running: inspect "
-                f"{record.serving_state_dir} and deploy again (restart error: {exc})")
-    return (f"release {record.release} was restarted and serves again at {record.endpoint}: "
-            f"read the cause below, fix it and deploy again")
+        return "nothing was deployed before, so no endpoint is running; fix the cause and deploy again"
+    return f"release {record.release} keeps serving at {record.endpoint}; fix the cause and deploy again"
+
+
+def _serving_dir(state_root: Path, release: int) -> Path:
+    return state_root / RELEASES / str(release) / SERVING_DIR
+
+
+def _point_serving_at(state_root: Path, release: int) -> None:
+    """Swap the ``serving`` symlink to ``release``'s state in one rename, so readers see one or the other."""
+    link = state_root / SERVING_DIR
+    tmp = state_root / f".{SERVING_DIR}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path(RELEASES) / str(release) / SERVING_DIR, tmp)
+    os.replace(tmp, link)
+
+
+def _adopt_legacy_serving_dir(state_root: Path) -> None:
+    """Before releases had their own state dirs, ``serving`` was a real folder, and its endpoint listens
+    without SO_REUSEPORT, so no successor can share its port: stop it (this once, not blue/green) and
+    make room for the symlink."""
+    serving = state_root / SERVING_DIR
+    if serving.is_dir() and not serving.is_symlink():
+        stop_detached(serving)
+        shutil.rmtree(serving)
 
 
 def _next_release(state_root: Path) -> int:

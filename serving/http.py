@@ -8,30 +8,57 @@ keep-alive latency off Nagle's 40 ms timer.
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from serving.service import Call, Service, status_reply
 
 DRAIN_SECONDS = 30.0
+HANDOVER_SECONDS = 2.0
+HANDOVER_POLL = 0.02
 
 
-@dataclass
 class HttpEndpoint:
-    runner: web.ServerRunner
-    port: int
+    """A ``Service`` served over HTTP, stopped gracefully for in-flight and keep-alive clients alike."""
 
-    async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``DRAIN_SECONDS``), then close."""
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.port = 0
+        self.draining = False
+        self.server = web.Server(self._respond)
+        self.runner = web.ServerRunner(self.server, shutdown_timeout=DRAIN_SECONDS, access_log=None)
+        self._site: web.SockSite | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        await self.runner.setup()
+        self._site = web.SockSite(self.runner, sock)
+        await self._site.start()
+        self.port = int(sock.getsockname()[1])
+
+    async def stop(self, handover: bool = False) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``DRAIN_SECONDS``), then close.
+
+        From here on every response closes its connection. With ``handover`` (another server took
+        over this port), keep-alive connections also get up to ``HANDOVER_SECONDS`` to send their next
+        request before being closed: a client that is sending gets its answer plus ``Connection:
+        close`` and reconnects to the successor, instead of racing a close it cannot see coming (a
+        POST on a keep-alive connection closed under it fails, and clients do not retry POSTs).
+        """
+        self.draining = True
+        if self._site is not None:
+            await self._site.stop()
+        if handover:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + HANDOVER_SECONDS
+            while self.server.connections and loop.time() < deadline:
+                await asyncio.sleep(HANDOVER_POLL)
         await self.runner.cleanup()
 
-
-def make_handler(service: Service) -> web.Server:
-    limit = service.max_body_bytes
-
-    async def respond(request: web.BaseRequest) -> web.StreamResponse:
+    async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
+        service = self.service
+        limit = service.max_body_bytes
         body: bytes | None = b""
         if request.body_exists:
             length = request.content_length
@@ -44,11 +71,9 @@ def make_handler(service: Service) -> web.Server:
                                               headers.get("Authorization"), body))
         response = web.Response(status=reply.status, body=reply.body,
                                 headers={"Content-Type": reply.content_type, **dict(reply.headers)})
-        if body is None:
+        if body is None or self.draining:
             response.force_close()
         return response
-
-    return web.Server(respond)
 
 
 async def _read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
@@ -64,10 +89,6 @@ async def _read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
 
 
 async def start_http(service: Service, host: str, port: int, *, sock: socket.socket | None = None) -> HttpEndpoint:
-    runner = web.ServerRunner(make_handler(service), shutdown_timeout=DRAIN_SECONDS, access_log=None)
-    await runner.setup()
-    if sock is None:
-        sock = socket.create_server((host, port), backlog=1024)
-    site = web.SockSite(runner, sock)
-    await site.start()
-    return HttpEndpoint(runner, int(sock.getsockname()[1]))
+    endpoint = HttpEndpoint(service)
+    await endpoint.start(sock if sock is not None else socket.create_server((host, port), backlog=1024))
+    return endpoint

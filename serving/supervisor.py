@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,9 @@ STABLE_AFTER = 30.0
 ENDPOINT_FILE = "endpoint.json"
 READY_FILE = "ready.json"
 LOG_FILE = "serve.log"
+# Set by start_detached(reuse_port=True) for a release that must share its port with the one it replaces.
+REUSE_PORT_ENV = "ABFLOW_REUSE_PORT"
+SO_ATTACH_REUSEPORT_CBPF = 51  # Linux; not in Python's socket module
 
 
 def log(message: str) -> None:
@@ -132,19 +137,27 @@ class ArmProcess:
 
 
 def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1",
-                     port: int = 8000, ready_file: Path | None = None) -> int:
-    """``abflow serve`` in the foreground: returns the exit code once stopped by SIGTERM/SIGINT."""
+                     port: int = 8000, ready_file: Path | None = None, reuse_port: bool | None = None) -> int:
+    """``abflow serve`` in the foreground: returns the exit code once stopped by SIGTERM/SIGINT.
+
+    ``reuse_port`` (default: the ``ABFLOW_REUSE_PORT`` environment variable is ``1``) is for a release
+    replacing another on the same port; see ``take_over``.
+    """
+    if reuse_port is None:
+        reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
     graph = load_graph(graph_path)
     uris = resolve_model_uris(graph, models)
-    sock = bind(host, port)
+    # A taken port fails at once rather than after model loading; a successor binds only once its
+    # arms are up, because from then on the kernel sends it every new connection.
+    sock = None if reuse_port else bind(host, port)
     zygote = Zygote.start()  # before the event loop, so its imports overlap the executor's
     try:
-        return asyncio.run(_run(graph, uris, sock, host, ready_file, zygote))
+        return asyncio.run(_run(graph, uris, sock, host, port, ready_file, zygote))
     finally:
         zygote.close()
 
 
-async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: str,
+async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket | None, host: str, port: int,
                ready_file: Path | None, zygote: Zygote) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,6 +176,9 @@ async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: st
 
         links = [ArmLink(arm.node.name, arm.socket_path) for arm in arms]
         await asyncio.gather(*(link.connect() for link in links))
+        handover = sock is None
+        if sock is None:
+            sock = take_over(host, port)
         endpoint = await start_http(Executor(graph, uris, links), host, 0, sock=sock)
         supervisors = [asyncio.ensure_future(arm.supervise()) for arm in arms]
         url = _url(host, endpoint.port)
@@ -171,7 +187,7 @@ async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket, host: st
             _write_json(ready_file, {"url": url, "port": endpoint.port, "pid": os.getpid()})
         await stop.wait()
         log("stopping: draining in-flight requests")
-        await endpoint.stop()
+        await endpoint.stop(handover=handover)
         for arm in arms:
             arm.stopping = True
         for task in supervisors:
@@ -227,14 +243,33 @@ def _url(host: str, port: int) -> str:
     return f"http://{f'[{shown}]' if ':' in shown and not shown.startswith('[') else shown}:{port}"
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """Bind before anything starts, so a taken port fails at once rather than after model loading."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     try:
-        sock = socket.create_server((host, port), backlog=1024)
+        sock = socket.create_server((host, port), backlog=1024, reuse_port=reuse_port)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}): is another server "
                                  "running there? pick another --port") from None
     sock.setblocking(False)
+    return sock
+
+
+def take_over(host: str, port: int) -> socket.socket:
+    """Listen on a port the release being replaced still serves, and draw every new connection here.
+
+    Both listeners carry SO_REUSEPORT, so this one can bind while the old one serves. The kernel
+    would spread new connections over both, and when the old one closes its listener, connections
+    waiting in its accept queue are reset. So a classic BPF program (``return 1``) is attached to the
+    port's group: the group lists its sockets in bind order, the old release is 0 and this one 1, so
+    every new connection comes here and the old listener has nothing queued when it closes. The
+    program stays with the group; once the old socket is gone, index 1 is out of range and the
+    kernel falls back to its hash over the one socket left, until the next successor joins as 1.
+    Without the program (not Linux), the switch still works, with that small reset window.
+    """
+    sock = bind(host, port, reuse_port=True)
+    program = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 1), 8)  # BPF_RET|BPF_K, k=1
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
+                        struct.pack("HP", 1, ctypes.addressof(program)))  # struct sock_fprog
     return sock
 
 
@@ -249,9 +284,11 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1", port: int = 8000,
-                   state_dir: Path, ready_timeout: float = 30.0) -> EndpointInfo:
-    """Start ``abflow serve`` in the background, wait until it answers ``/ready``, record it.
+                   state_dir: Path, ready_timeout: float = 30.0, reuse_port: bool = False) -> EndpointInfo:
+    """Start ``abflow serve`` in the background, wait until it is ready, record it in ``state_dir``.
 
+    Ready means the process itself wrote its ready file (arms up, listening): with ``reuse_port`` the
+    port is shared with the release being replaced, so an answer on it proves nothing about this one.
     Graph problems raise ``GraphError`` here, before anything starts; a server that dies while
     starting (a port in use, a model refused) raises ``DetachError`` with the tail of its log.
     """
@@ -269,9 +306,10 @@ def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "
                "--ready-file", str(ready_path)]
     for node, uri in models.items():
         command += ["--model", f"{node}={uri}"]
+    env = {**os.environ, REUSE_PORT_ENV: "1" if reuse_port else "0"}
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     deadline = time.monotonic() + ready_timeout
     ready: dict[str, Any] | None = None
     while ready is None:
@@ -287,10 +325,8 @@ def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "
         if ready_path.exists():
             ready = json.loads(ready_path.read_text())
         else:
-            time.sleep(0.05)
+            time.sleep(0.02)
     url = str(ready["url"])
-    if not _answers_200(f"{url}/ready", timeout=5.0):
-        raise DetachError(f"{url}/ready did not answer 200; see {log_path}")
     info = EndpointInfo(url=url, pid=proc.pid, port=int(ready["port"]), state_dir=state_dir, log_path=log_path)
     _write_json(state_dir / ENDPOINT_FILE, {
         "pid": proc.pid, "url": url, "host": host, "port": info.port, "graph": str(graph_path),
@@ -312,7 +348,11 @@ def endpoint_status(state_dir: Path) -> dict[str, Any] | None:
 
 
 def stop_detached(state_dir: Path, timeout: float = 10.0) -> bool:
-    """SIGTERM the recorded endpoint (SIGKILL after ``timeout``), wait for its port; True if it ran."""
+    """SIGTERM the recorded endpoint (SIGKILL after ``timeout``), wait until it exits; True if it ran.
+
+    Once its process is gone so is its listener (the zygote and arms never hold it), so the port is
+    free again, or, after a replace, served by the successor alone.
+    """
     state_dir = Path(state_dir)
     record = _read_endpoint(state_dir)
     if record is None:
@@ -326,7 +366,6 @@ def stop_detached(state_dir: Path, timeout: float = 10.0) -> bool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait(lambda: not _serving_pid_alive(pid), 5.0)
-    _wait(lambda: _port_free(int(record["port"])), 5.0)
     (state_dir / ENDPOINT_FILE).unlink(missing_ok=True)
     (state_dir / READY_FILE).unlink(missing_ok=True)
     return running
@@ -362,12 +401,6 @@ def _serving_pid_alive(pid: int) -> bool:
     return state != "Z" and b"serving" in cmdline
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
 def _wait(check: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -388,14 +421,6 @@ def _get(url: str, timeout: float) -> Any:
         return None
     except (OSError, ValueError):
         return None
-
-
-def _answers_200(url: str, timeout: float) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def _tail(path: Path, lines: int = 20) -> str:
