@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -214,6 +215,20 @@ def test_a_release_that_is_not_ready_in_time_leaves_the_old_one_and_a_first_rele
         predict(v1.endpoint)
     with pytest.raises(DeployError, match="nothing is deployed"):
         rollback_local(state_root)
+
+
+def test_a_port_held_by_another_server_fails_the_deploy_with_the_reason(state_root: Path,
+                                                                       iris_model_dir: Path) -> None:
+    """A release shares its port only with abflow releases (SO_REUSEPORT on both sides), never with a
+    server that did not ask for it."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        with pytest.raises(DeployError, match=rf"(?s)release 1 did not start, so nothing changed: nothing was "
+                                              rf"deployed before.*cannot listen on 127.0.0.1:{port}"):
+            deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(iris_model_dir), ratio_a=1.0,
+                         state_root=state_root, port=port)
+    assert current_deployment(state_root) is None
+    assert not (state_root / "releases" / "1").exists()
 
 
 @pytest.mark.parametrize("ratio_a", [1.5, -0.1, float("nan")])
