@@ -18,6 +18,7 @@ it back.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -351,7 +352,8 @@ def _default_api_client() -> Any:
     except config.ConfigException:
         pass
     try:
-        return config.new_client_from_config()
+        # KUBECONFIG as it is now: the client library reads it once, when it is first imported.
+        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG", "~/.kube/config"))
     except (config.ConfigException, FileNotFoundError, TypeError) as exc:
         raise SeldonDeployError(
             f"no Kubernetes configuration: not running in a cluster and no usable kubeconfig ({exc}); "
