@@ -10,9 +10,8 @@ Errors say what to do: a 403 names the verb and resource the pipeline's service 
 the Role that grants it; a missing CRD says to install Seldon Core; a timeout shows the last status,
 the pods' waiting/terminated reasons and the operator's warnings.
 
-``DeployTarget`` and ``DeploymentRecord`` are the shape every target keeps (``local`` and ``seldon``):
-a record crosses KFP step boundaries as JSON, from the deploy step to the smoke test that may roll
-it back.
+``DeploymentRecord`` crosses KFP step boundaries as JSON, from the deploy step to the smoke test that
+may roll it back; ``components.deploy_targets`` dispatches between this target and ``local``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from components.seldon_manifests import ROLE_NAME, SELDON_GROUP, SELDON_PLURAL, render_seldon_deployment
 from serving.graph import ab_graph
@@ -83,42 +82,6 @@ class DeploymentRecord:
         if not isinstance(raw, dict) or not {"target", "name", "endpoint"} <= raw.keys():
             raise ValueError(f"not a deployment record (needs target, name, endpoint): {text[:200]!r}")
         return cls(**raw)
-
-
-SeldonDeploymentRecord = DeploymentRecord
-"""The record ``deploy_seldon`` returns (``target == "seldon"``)."""
-
-
-class DeployTarget(Protocol):
-    """A place A/B graphs are deployed to. ``manifest`` is the SeldonDeployment both targets accept."""
-
-    def deploy(self, manifest: Mapping[str, Any]) -> DeploymentRecord: ...
-
-    def rollback(self, record: DeploymentRecord) -> None: ...
-
-
-@dataclass(frozen=True)
-class SeldonTarget:
-    """``DeployTarget`` over a Kubernetes cluster running Seldon Core v1."""
-
-    namespace: str
-    ingress_url: str | None = None
-    timeout: float = 600.0
-    poll_interval: float = 2.0
-    api_client: Any = None
-
-    def deploy(self, manifest: Mapping[str, Any]) -> DeploymentRecord:
-        return deploy_seldon(
-            manifest,
-            namespace=self.namespace,
-            timeout=self.timeout,
-            poll_interval=self.poll_interval,
-            api_client=self.api_client,
-            ingress_url=self.ingress_url,
-        )
-
-    def rollback(self, record: DeploymentRecord) -> None:
-        rollback_seldon(record, timeout=self.timeout, poll_interval=self.poll_interval, api_client=self.api_client)
 
 
 def deploy_seldon(

@@ -21,7 +21,6 @@ from components.seldon_deploy import (
     DeploymentRecord,
     SeldonCrdMissingError,
     SeldonForbiddenError,
-    SeldonTarget,
     SeldonTimeoutError,
     deploy_ab_seldon,
     deploy_seldon,
@@ -99,14 +98,13 @@ async def test_first_deploy_creates_waits_reports_endpoint_and_rollback_deletes(
 async def test_redeploy_keeps_previous_spec_and_rollback_restores_it(cluster: Cluster) -> None:
     first = manifest(0.5)
     await deploy(cluster, first)
-    target = SeldonTarget(NAMESPACE, ingress_url="http://gateway.example.com/", api_client=api_client(cluster), **FAST)
-    record = await asyncio.to_thread(target.deploy, manifest(0.3, model_b="gs://m/iris/v3"))
+    record = await deploy(cluster, manifest(0.3, model_b="gs://m/iris/v3"), ingress_url="http://gateway.example.com/")
     assert record.endpoint == "http://gateway.example.com/seldon/models/iris-ab/api/v1.0/predictions"
     assert record.previous is not None and record.previous["spec"] == first["spec"]
     assert stored(cluster)["spec"]["predictors"][0]["graph"]["parameters"][0]["value"] == "0.3"
     assert stored(cluster)["metadata"]["generation"] == 2
 
-    await asyncio.to_thread(target.rollback, record)  # e.g. after a failed smoke test
+    await rollback(cluster, record)  # e.g. after a failed smoke test
     sdep = stored(cluster)
     assert sdep["spec"] == first["spec"]
     assert sdep["status"] == {**sdep["status"], "state": "Available", "observedGeneration": 3}
