@@ -164,6 +164,10 @@ class Executor:
     async def health_status(self, call: Call) -> Reply:
         """Per-arm health; "degraded" while some arm is down (the other still serves), "down" if all are."""
         arms = await self._probe()
+        if self.router is not None:
+            # The A/B report's raw numbers: traffic and feedback (a reward of 0 counts) per arm.
+            for arm, stats in zip(arms, self.router.stats, strict=True):
+                arm.update(routed=stats.routed, feedback=stats.feedback, mean_reward=stats.mean_reward)
         up = sum(arm["up"] for arm in arms)
         status = "ok" if up == len(arms) else "degraded" if up else "down"
         body = {"status": status, "graph": self.graph.name, "router": self._router_name,

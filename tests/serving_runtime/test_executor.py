@@ -75,6 +75,8 @@ def test_feedback_with_reward_zero_counts_for_the_routed_arm() -> None:
     assert call(ex, "/api/v1.0/feedback", feedback)[0].status == 200
     assert ex.router is not None
     assert [(s.feedback, s.reward_sum) for s in ex.router.stats] == [(1, 0.0), (0, 0.0)]
+    _, health = call(ex, "/health/status", b"", "GET")
+    assert [(a["routed"], a["feedback"], a["mean_reward"]) for a in health["arms"]] == [(1, 1, 0.0), (0, 0, None)]
     wrong_arm = orjson.dumps({"response": {"meta": {"routing": {"random-ab-test": 7}}}, "reward": 1})
     assert call(ex, "/api/v1.0/feedback", wrong_arm)[0].status == 400
 
