@@ -41,7 +41,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from serving.graph import GraphError, ab_graph, to_seldon_deployment
-from serving.supervisor import DetachError, endpoint_status, start_detached, stop_detached
+from serving.supervisor import DetachError, start_detached, stop_detached
 
 TARGET = "local"
 DEFAULT_ROUTER_NAME = "random-ab-test"
@@ -210,11 +210,6 @@ def stop_local(state_root: Path, timeout: float = 10.0) -> bool:
     for serving in sorted((state_root / RELEASES).glob(f"*/{SERVING_DIR}")):
         stopped = stop_detached(serving, timeout=timeout) or stopped
     return stopped
-
-
-def local_endpoint_status(state_root: Path) -> dict[str, Any] | None:
-    """The serving runtime's status of the live release, for ``abflow status``-style reporting."""
-    return endpoint_status(state_root / SERVING_DIR)
 
 
 def _check_ratio(ratio_a: float) -> None:

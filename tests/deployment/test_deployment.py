@@ -30,7 +30,6 @@ from components.deployment import (
     DeploymentRecord,
     current_deployment,
     deploy_local,
-    local_endpoint_status,
     rollback_local,
     stop_local,
 )
@@ -208,7 +207,7 @@ def test_a_release_that_is_not_ready_in_time_leaves_the_old_one_and_a_first_rele
     assert_live(state_root, v1)
 
     # v1 replaced nothing, so rolling it back leaves no endpoint (and says so by returning None).
-    assert local_endpoint_status(state_root)
+    assert endpoint_status(state_root / "serving")
     assert rollback_local(state_root) is None
     assert current_deployment(state_root) is None
     with pytest.raises(requests.ConnectionError):
