@@ -351,63 +351,31 @@ class _Api:
             )
 
     def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = self._custom.get_namespaced_custom_object(
-                SELDON_GROUP,
-                SELDON_VERSION,
-                self.namespace,
-                SELDON_PLURAL,
-                name,
-                _request_timeout=REQUEST_TIMEOUT_S,
-            )
-        except self._exception as exc:
-            if getattr(exc, "status", None) == 404:
-                return None
-            raise self._translate(exc, "get", SELDON_PLURAL) from None
-        return obj
+        method = self._custom.get_namespaced_custom_object
+        found: dict[str, Any] | None = self._seldon("get", method, name, missing_ok=True)
+        return found
 
     def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            obj: dict[str, Any] = self._custom.create_namespaced_custom_object(
-                SELDON_GROUP,
-                SELDON_VERSION,
-                self.namespace,
-                SELDON_PLURAL,
-                dict(body),
-                _request_timeout=REQUEST_TIMEOUT_S,
-            )
-        except self._exception as exc:
-            raise self._translate(exc, "create", SELDON_PLURAL) from None
-        return obj
+        created: dict[str, Any] = self._seldon("create", self._custom.create_namespaced_custom_object, dict(body))
+        return created
 
     def patch(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            obj: dict[str, Any] = self._custom.patch_namespaced_custom_object(
-                SELDON_GROUP,
-                SELDON_VERSION,
-                self.namespace,
-                SELDON_PLURAL,
-                name,
-                dict(patch),
-                _request_timeout=REQUEST_TIMEOUT_S,
-            )
-        except self._exception as exc:
-            raise self._translate(exc, "patch", SELDON_PLURAL) from None
-        return obj
+        patched: dict[str, Any] = self._seldon("patch", self._custom.patch_namespaced_custom_object, name, dict(patch))
+        return patched
 
     def delete(self, name: str) -> None:
+        self._seldon("delete", self._custom.delete_namespaced_custom_object, name, missing_ok=True)
+
+    def _seldon(self, verb: str, method: Any, *args: Any, missing_ok: bool = False) -> Any:
+        """One call on the namespace's seldondeployments; a 404 is ``None`` where ``missing_ok``."""
         try:
-            self._custom.delete_namespaced_custom_object(
-                SELDON_GROUP,
-                SELDON_VERSION,
-                self.namespace,
-                SELDON_PLURAL,
-                name,
-                _request_timeout=REQUEST_TIMEOUT_S,
+            return method(
+                SELDON_GROUP, SELDON_VERSION, self.namespace, SELDON_PLURAL, *args, _request_timeout=REQUEST_TIMEOUT_S
             )
         except self._exception as exc:
-            if getattr(exc, "status", None) != 404:
-                raise self._translate(exc, "delete", SELDON_PLURAL) from None
+            if missing_ok and getattr(exc, "status", None) == 404:
+                return None
+            raise self._translate(exc, verb, SELDON_PLURAL) from None
 
     def pod_reasons(self, name: str) -> list[str]:
         """Why the deployment's pods are not ready, e.g. ImagePullBackOff or CrashLoopBackOff."""
