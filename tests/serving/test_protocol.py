@@ -20,6 +20,7 @@ from serving.protocol import (
     Feedback,
     PredictionRequest,
     SeldonError,
+    _numbers,  # noqa: PLC2701 - the fast path is checked against the slow one
     decode_feedback,
     decode_prediction_request,
     encode_prediction_response,
@@ -199,6 +200,20 @@ def test_numbers_beyond_float64_are_refused_and_underflow_is_zero() -> None:
 def test_numbers_orjson_cannot_hold_as_integers_become_floats() -> None:
     request = decode_prediction_request(b'{"data":{"ndarray":[[18446744073709551616, 1]]}}', None)
     assert request.features[0, 0] == 2.0**64
+
+
+def test_booleans_are_refused_even_beside_numbers_numpy_would_take_them_with() -> None:
+    # numpy turns [1.5, true] into [1.5, 1.0] without a word: the decoder must not.
+    payloads = (tensor([1, 2], [1.5, True]), tensor([1, 2], [1, False]), ndarray([[1.5, True]]), ndarray([0, True]))
+    for payload in payloads:
+        with pytest.raises(SeldonError, match="numbers"):
+            decode(payload)
+
+
+def test_a_true_or_false_string_elsewhere_does_not_change_the_numbers() -> None:
+    payload = {**ndarray([[1, 2.5]]), "meta": {"tags": {"true": "false"}}}
+    assert decode(payload).features.tolist() == [[1.0, 2.5]]
+    assert decode({**tensor([1, 2], [3, 4]), "meta": {"tags": {"t": "true"}}}).features.tolist() == [[3.0, 4.0]]
 
 
 def test_too_many_rows_is_a_413_naming_the_limit() -> None:
@@ -479,3 +494,25 @@ def test_valid_batches_decode_to_exactly_their_numbers(rows: list[list[float]], 
     request = decode_prediction_request(orjson.dumps(payload), None, n_features=3)
     assert request.features.tolist() == rows
     assert all(math.isfinite(v) for v in request.features.ravel())
+
+
+non_booleans = [value for value in EDGE_VALUES if type(value) is not bool]
+scalars = st.sampled_from(non_booleans) | st.integers() | st.floats() | st.text(max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(scalars | st.lists(scalars, max_size=3), min_size=1, max_size=6))
+def test_the_fast_number_check_agrees_with_the_element_by_element_one(values: list[Any]) -> None:
+    """With no boolean literal in the body, numpy's type discovery stands in for the per-element
+    check: both must accept the same lists, with the same numbers, and refuse the rest alike."""
+    results: list[Any] = []
+    for may_hold_booleans in (False, True):
+        try:
+            results.append(_numbers(list(values), may_hold_booleans))
+        except SeldonError as error:
+            results.append(error.info)
+    fast, slow = results
+    if isinstance(slow, str):
+        assert fast == slow
+    else:
+        assert fast.dtype == slow.dtype == np.float64 and np.array_equal(fast, slow, equal_nan=True)

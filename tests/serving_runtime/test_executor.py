@@ -93,3 +93,22 @@ def test_oauth_token_then_bearer() -> None:
     assert call(ex, "/oauth/token", b"grant_type=password", authorization=basic)[0].status == 400
     assert call(ex, "/oauth/token", b"grant_type=client_credentials",
                 authorization="Basic " + base64.b64encode(b"k:nope").decode())[0].status == 401
+
+
+def test_serving_freezes_the_start_up_heap_out_of_the_collectors_reach() -> None:
+    """A full collection over an unfrozen serving heap stalls one request for tens of milliseconds."""
+    import gc
+
+    from serving.http import start_http
+
+    async def start_and_stop() -> int:
+        service = executor(single_model_graph("g", "file:///m", node_name="m"), FakeArm("m"))
+        endpoint = await start_http(service, "127.0.0.1", 0)
+        frozen = gc.get_freeze_count()
+        await endpoint.stop()
+        return frozen
+
+    gc.unfreeze()
+    frozen = asyncio.run(start_and_stop())
+    gc.unfreeze()
+    assert frozen > 0
