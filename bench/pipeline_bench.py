@@ -35,6 +35,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the step names and cleanup are abflow's
 
+from provenance import git_revision  # noqa: E402 - a sibling module, found because this runs as a script
+
 RESULTS = BENCH_DIR / "results"
 TARGET_TOTAL_S = 20.0
 TARGET_STEP_RATIO = 1.2
@@ -211,24 +213,6 @@ def report(abflow_runs: list[RunTiming], noop_runs: list[RunTiming]) -> tuple[st
     return "\n".join(lines), checks
 
 
-def git_revision() -> str:
-    """HEAD, and whether the code the pipeline runs has uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "serving", "components", "pipelines"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}{' + uncommitted changes' if dirty else ''}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -249,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     data_dir, port = work / "abflow-data", free_port()
     load_before = os.getloadavg()
-    revision = git_revision()
+    revision = git_revision(("serving", "components", "pipelines"))
     abflow_runs, noop_runs = [], []
     try:
         for round_number in range(args.warmup_runs + args.runs):

@@ -26,7 +26,6 @@ import resource
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -40,6 +39,7 @@ from typing import Any
 
 from load import keepalive_latencies_ms, percentile, run_hey
 from proctree import ServerProcess, cpu_seconds, machine_busy_seconds, pss_bytes
+from provenance import git_revision
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -508,19 +508,6 @@ def markdown(results: dict[str, ServerResult], check_rows: list[dict[str, Any]])
     return "\n".join(lines)
 
 
-def git_revision() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "serving"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}{' + uncommitted serving/ changes' if dirty else ''}"
-
-
 def write_model(folder: Path) -> Path:
     """Train the model with the pipeline's own train step and write it in the artifact layout every
     server reads (abflow checks its sha256 and versions against metadata.json)."""
@@ -601,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
-        "abflow_revision": git_revision(),
+        "abflow_revision": git_revision(("serving",)),
         "settings": {
             "duration_s": args.duration,
             "concurrency": args.concurrency,
