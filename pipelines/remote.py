@@ -24,16 +24,13 @@ import json
 import math
 import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 
 API = "/apis/v2beta1"
@@ -314,53 +311,42 @@ class KfpApi:
         return pipeline_id, str(version["pipeline_version_id"])
 
     def upload(self, endpoint: str, query: Mapping[str, str], package: PipelinePackage) -> dict[str, Any]:
-        boundary = uuid.uuid4().hex
-        body = (
-            (
-                f"--{boundary}\r\n"
-                f'Content-Disposition: form-data; name="uploadfile"; filename="{query["name"]}.yaml"\r\n'
-                "Content-Type: application/x-yaml\r\n\r\n"
-            ).encode()
-            + package.to_yaml()
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        path = f"{API}/{endpoint}?{urllib.parse.urlencode(query)}"
-        return self._send("POST", path, body, f"multipart/form-data; boundary={boundary}")
+        files = {"uploadfile": (f"{query['name']}.yaml", package.to_yaml(), "application/x-yaml")}
+        return self._send("POST", f"{API}/{endpoint}", params=query, files=files)
 
-    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        return self._send(method, path, data, "application/json")
+    def call(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, params: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        return self._send(method, path, params=params, json=body)
 
     def _find(self, collection: str, display_name: str) -> dict[str, Any] | None:
         predicate = {"key": "display_name", "operation": "EQUALS", "string_value": display_name}
         query = {"filter": json.dumps({"predicates": [predicate]})}
         if self.namespace and collection in ("experiments", "pipelines"):
             query["namespace"] = self.namespace
-        listed = self.call("GET", f"{API}/{collection}?{urllib.parse.urlencode(query)}")
+        listed = self.call("GET", f"{API}/{collection}", params=query)
         key = {"experiments": "experiments", "pipelines": "pipelines"}.get(collection, "pipeline_versions")
         matches = [item for item in listed.get(key) or [] if item.get("display_name") == display_name]
         return matches[0] if matches else None
 
-    def _send(self, method: str, path: str, data: bytes | None, content_type: str) -> dict[str, Any]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+    def _send(self, method: str, path: str, **request: Any) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(self.host + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            with contextlib.suppress(ValueError, AttributeError):
-                detail = json.loads(detail).get("message") or detail
-            hint = " (check --token / KFP_TOKEN)" if exc.code in (401, 403) else ""
-            raise RemoteError(f"KFP {method} {path.split('?')[0]} failed: HTTP {exc.code}: {detail}{hint}") from None
-        except (urllib.error.URLError, OSError) as exc:
+            response = requests.request(method, self.host + path, headers=headers, timeout=REQUEST_TIMEOUT_S, **request)
+        except requests.RequestException as exc:
             raise RemoteError(
-                f"cannot reach KFP at {self.host}: {getattr(exc, 'reason', exc)}; check --host "
+                f"cannot reach KFP at {self.host}: {exc}; check --host "
                 "(e.g. kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80, then --host http://localhost:8080)"
             ) from None
-        result: dict[str, Any] = json.loads(payload) if payload.strip() else {}
+        if response.status_code >= 400:
+            detail = response.text
+            with contextlib.suppress(ValueError, AttributeError):
+                detail = response.json().get("message") or detail
+            hint = " (check --token / KFP_TOKEN)" if response.status_code in (401, 403) else ""
+            raise RemoteError(f"KFP {method} {path} failed: HTTP {response.status_code}: {detail}{hint}")
+        result: dict[str, Any] = response.json() if response.content.strip() else {}
         return result
 
 
