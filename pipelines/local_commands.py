@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -186,29 +184,25 @@ def compile_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    import requests
+
     payload = json.loads(json.dumps(TUTORIAL_PAYLOAD))
     if args.values:
         payload["data"]["tensor"]["values"] = args.values
-    headers = {"Content-Type": "application/json"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
-    request = urllib.request.Request(
-        f"{args.url.rstrip('/')}/api/v1.0/predictions",
-        data=json.dumps(payload).encode(),
-        headers=headers,
-        method="POST",
-    )
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            print(json.dumps(json.loads(response.read()), indent=2))
-            return 0
-    except urllib.error.HTTPError as error:
-        print(error.read().decode(errors="replace"), file=sys.stderr)
-        return 1
-    except urllib.error.URLError as error:
+        response = requests.post(
+            f"{args.url.rstrip('/')}/api/v1.0/predictions", json=payload, headers=headers, timeout=10
+        )
+    except requests.RequestException as error:
         print(
-            f"abflow predict: cannot reach {args.url} ({error.reason}); is the endpoint up? "
+            f"abflow predict: cannot reach {args.url} ({error}); is the endpoint up? "
             "Check with `abflow status`, or start one with `abflow run`.",
             file=sys.stderr,
         )
         return 1
+    if response.status_code != 200:
+        print(response.text, file=sys.stderr)
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0

@@ -1,6 +1,7 @@
 """The laptop command line: flags mirror the pipeline, bad parameters fail before any work."""
 
 import io
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,8 @@ from pipelines.cli import build_parser, main
 from pipelines.local_commands import PARAMETER_HELP, check_arguments, pipeline_arguments
 from pipelines.local_run import ProgressLog
 from pipelines.pipeline import iris_ab_pipeline
+from tests.fixtures.processes import free_port
+from tests.fixtures.serving import ServedGraph
 
 
 def test_every_pipeline_parameter_has_a_flag_with_help() -> None:
@@ -79,3 +82,24 @@ def test_progress_log_reports_steps_and_keeps_the_failure_reason() -> None:
     reason = "GateFailed: accuracy 0.5 is below min_accuracy 0.9\n  - and one more reason"
     assert progress.last_error == {"gate": reason}
     assert "Executing task" in log.getvalue()
+
+
+def test_predict_sends_the_tutorial_payload_to_a_real_graph(
+    tutorial_ab: ServedGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", "--url", tutorial_ab.url, "--token", tutorial_ab.get_token()]) == 0
+    response = json.loads(capsys.readouterr().out)
+    assert response["data"]["names"] == ["iris-setosa", "iris-versicolor", "iris-virginica"]
+    assert set(response["meta"]["routing"]) == {"random-ab-test"}
+
+
+def test_predict_without_the_token_shows_the_servers_status_body(
+    tutorial_ab: ServedGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", "--url", tutorial_ab.url]) == 1
+    assert '"status":"FAILURE"' in capsys.readouterr().err.replace(" ", "")
+
+
+def test_predict_at_a_closed_port_says_how_to_start_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert "start one with `abflow run`" in capsys.readouterr().err
