@@ -19,16 +19,17 @@ import importlib.metadata
 import os
 import re
 import shutil
-import ssl
 import subprocess
 import sys
 import tomllib
-import urllib.error
-import urllib.request
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast, get_args
+
+import requests
+from urllib3.exceptions import InsecureRequestWarning
 
 import serving
 
@@ -273,24 +274,21 @@ def registry_has_tag(ref: str, *, tls_verify: bool = True, timeout: float = 10.0
     """
     host, repository, tag = _split_ref(ref)
     schemes = ("https",) if tls_verify else ("https", "http")
-    unverified = ssl.create_default_context()
-    unverified.check_hostname = False
-    unverified.verify_mode = ssl.CERT_NONE
     problems = []
     for scheme in schemes:
-        request = urllib.request.Request(
-            f"{scheme}://{host}/v2/{repository}/manifests/{tag}", method="HEAD", headers={"Accept": MANIFEST_ACCEPT}
-        )
-        context = None if tls_verify or scheme == "http" else unverified
+        url = f"{scheme}://{host}/v2/{repository}/manifests/{tag}"
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-                return bool(response.status == 200)
-        except urllib.error.HTTPError as error:
-            if error.code != 404:
-                _say(f"cannot tell whether {ref} exists (the registry answered HTTP {error.code}); building it")
-            return False
-        except (urllib.error.URLError, OSError) as error:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", InsecureRequestWarning)  # tls_verify=False was asked for
+                response = requests.head(
+                    url, headers={"Accept": MANIFEST_ACCEPT}, timeout=timeout, verify=tls_verify, allow_redirects=True
+                )
+        except requests.RequestException as error:
             problems.append(f"{scheme}: {error}")
+            continue
+        if response.status_code not in (200, 404):
+            _say(f"cannot tell whether {ref} exists (the registry answered HTTP {response.status_code}); building it")
+        return bool(response.status_code == 200)
     _say(f"cannot reach the registry {host} to check for {ref} ({'; '.join(problems)}); building it")
     return False
 
