@@ -40,12 +40,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from serving.graph import GraphError, ab_graph, to_seldon_deployment
+from serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME, GraphError, ab_graph, to_seldon_deployment
 from serving.supervisor import DetachError, start_detached, stop_detached
 
 TARGET = "local"
-DEFAULT_ROUTER_NAME = "random-ab-test"
-DEFAULT_ARM_NAMES = ("classifier-1", "classifier-2")
 RELEASES = "releases"
 GRAPH_FILE = "graph.json"
 RELEASE_FILE = "release.json"

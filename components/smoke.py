@@ -27,9 +27,8 @@ from requests import RequestException, Session, Timeout, post
 from scipy.stats import binomtest
 
 from serving.artifact import DEFAULT_CLASS_NAMES, DEFAULT_FEATURE_NAMES
+from serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME
 
-DEFAULT_ROUTER_NAME = "random-ab-test"
-DEFAULT_ARM_NAMES = ("classifier-1", "classifier-2")
 PREDICTIONS_PATH = "/api/v1.0/predictions"
 OAUTH_TOKEN_PATH = "/oauth/token"
 PROBABILITY_TOLERANCE = 1e-6

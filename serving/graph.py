@@ -32,6 +32,12 @@ METHOD_PARAMETER = "method"
 SERVED_METHOD = "predict_proba"
 
 
+# The node names of the tutorial's ab_test.json, which the pipeline's own A/B graph keeps so that
+# what users read in meta.routing and the smoke report matches what they know.
+DEFAULT_ROUTER_NAME = "random-ab-test"
+DEFAULT_ARM_NAMES = ("classifier-1", "classifier-2")
+
+
 class GraphError(ValueError):
     """A graph abflow cannot run exactly as written; the message names the node and the fix."""
 
@@ -180,8 +186,8 @@ def ab_graph(
     model_b_uri: str,
     ratio_a: float,
     *,
-    router_name: str = "random-ab-test",
-    arm_names: tuple[str, str] = ("classifier-1", "classifier-2"),
+    router_name: str = DEFAULT_ROUTER_NAME,
+    arm_names: tuple[str, str] = DEFAULT_ARM_NAMES,
     image: str | None = None,
 ) -> Graph:
     """The champion/challenger graph the pipeline deploys: arm A (child 0) gets ``ratio_a`` of traffic."""
