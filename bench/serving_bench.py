@@ -511,8 +511,8 @@ def markdown(results: dict[str, ServerResult], check_rows: list[dict[str, Any]])
 def write_model(folder: Path) -> Path:
     """Train the model with the pipeline's own train step and write it in the artifact layout every
     server reads (abflow checks its sha256 and versions against metadata.json)."""
-    from components.training import train_iris
-    from serving.artifact import ModelMetadata, runtime_versions, write_model_folder
+    from abflow.components.training import train_iris
+    from abflow.serving.artifact import ModelMetadata, runtime_versions, write_model_folder
 
     trained = train_iris()
     metadata = ModelMetadata(

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Protocol
 
-from components import deployment
+from abflow.components import deployment
 
 TARGETS = ("local", "seldon")
 
@@ -48,7 +48,7 @@ def deploy(
             name=name,
         )
     if target == "seldon":
-        from components.seldon_deploy import deploy_ab_seldon
+        from abflow.components.seldon_deploy import deploy_ab_seldon
 
         return deploy_ab_seldon(
             name=name,
@@ -69,7 +69,7 @@ def rollback(record_json: str) -> str:
         restored = deployment.rollback_local(Path(record.state_root), expected_release=record.release)
         return f"release {restored.release} at {restored.endpoint}" if restored else "nothing (endpoint stopped)"
     if target == "seldon":
-        from components.seldon_deploy import DeploymentRecord, rollback_seldon
+        from abflow.components.seldon_deploy import DeploymentRecord, rollback_seldon
 
         seldon_record = DeploymentRecord.from_json(record_json)
         rollback_seldon(seldon_record)

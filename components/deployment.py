@@ -3,7 +3,7 @@
 A pipeline run must never leave users worse off than before it, and the port is the URL users and the
 smoke test hold, so a release replaces another blue/green on that same port: the new release starts
 beside the running one (both listen with SO_REUSEPORT; the newcomer draws every new connection once
-it listens, see ``serving.supervisor.take_over``), and only when it has written its own ready file
+it listens, see ``abflow.serving.supervisor.take_over``), and only when it has written its own ready file
 (arms up, listening) is the old one stopped, which finishes its in-flight requests and sends its
 keep-alive clients over. A client sees no failed request. If the new release does not start (a
 corrupt or version-skewed artifact makes its arm refuse to load, so it exits), the running one was
@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME, GraphError, ab_graph, to_seldon_deployment
-from serving.supervisor import DetachError, start_detached, stop_detached
+from abflow.serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME, GraphError, ab_graph, to_seldon_deployment
+from abflow.serving.supervisor import DetachError, start_detached, stop_detached
 
 TARGET = "local"
 RELEASES = "releases"

@@ -8,7 +8,7 @@ trainer's versions because a pickled model only loads faithfully under the versi
 Builders: buildah (daemonless, works as root inside containers with vfs storage and chroot
 isolation), docker (when a daemon answers), or ``none``, which only records the context and its tag
 (the local deploy target runs the serving code in-process and needs no image). No KFP import here: the
-typed component lives in ``components.steps``.
+typed component lives in ``abflow.components.steps``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import Literal, cast, get_args
 import requests
 from urllib3.exceptions import InsecureRequestWarning
 
-import serving
+import abflow
+import abflow.serving
 
 Builder = Literal["auto", "buildah", "docker", "none"]
 ResolvedBuilder = Literal["buildah", "docker", "none"]
@@ -46,13 +47,13 @@ TAG_LENGTH = 12
 MODEL_RUNTIME_PACKAGES = ("scikit-learn", "numpy", "joblib", "scipy")
 # What the model server imports besides the model runtime (google-cloud-storage only for gs:// models).
 SERVING_PACKAGES = ("aiohttp", "orjson", "prometheus-client", "PyYAML", "google-cloud-storage")
-# ``serving.artifact.runtime_versions()`` names scikit-learn by its import name.
+# ``abflow.serving.artifact.runtime_versions()`` names scikit-learn by its import name.
 VERSION_KEY_ALIASES = {"sklearn": "scikit-learn"}
 # Not pip-installable: the base image decides the Python version.
 UNPINNED_VERSION_KEYS = frozenset({"python"})
 # Mirrors pyproject's package-data, so a context holds what ``pip install`` would ship.
 PACKAGE_FILE_PATTERNS = ("*.py", "*.yaml", "*.json", "*.txt", "*.html")
-COMPONENTS_PACKAGES = ("serving", "components", "pipelines")
+COMPONENTS_PACKAGES = ("abflow", "serving", "components", "pipelines")
 COMPONENTS_TOP_FILES = ("pyproject.toml", "README.md", "LICENSE")
 
 MANIFEST_ACCEPT = ", ".join(
@@ -139,12 +140,14 @@ def make_build_context(
 ) -> BuildContext:
     """Write the serving image's build context into ``dest`` (created; must be empty if it exists).
 
-    The context holds ``Containerfile``, ``requirements.txt`` and the ``serving`` package's source, and
+    The context holds ``Containerfile``, ``requirements.txt`` and the ``abflow.serving`` package's source, and
     nothing else, so the tag changes exactly when the image would.
     """
     _prepare_empty(dest)
-    package_dir = Path(serving.__file__).resolve().parent
-    _copy_package(package_dir, dest / "serving")
+    package_dir = Path(abflow.serving.__file__).resolve().parent
+    namespace_dir = Path(abflow.__file__).resolve().parent
+    _copy_package(namespace_dir, dest / "abflow")
+    _copy_package(package_dir, dest / "abflow" / "serving")
     shutil.copyfile(package_dir / CONTAINERFILE, dest / CONTAINERFILE)
     (dest / REQUIREMENTS_FILE).write_text(requirements_text(versions))
     return _context_of(dest, base_image)

@@ -4,13 +4,13 @@ On a cluster no step can run buildah or talk to a Docker daemon, so the image is
 executor in its own pod. Kaniko reads its context from object storage, hence two halves:
 
 * ``upload_build_context`` (plain logic, runs in the step before): packs the folder made by
-  ``components.imaging.make_build_context`` into a byte-for-byte reproducible ``context.tar.gz`` and
-  writes it to ``<artifact root>/build-contexts/<tag>/`` through ``serving.store`` — the tag is the
+  ``abflow.components.imaging.make_build_context`` into a byte-for-byte reproducible ``context.tar.gz`` and
+  writes it to ``<artifact root>/build-contexts/<tag>/`` through ``abflow.serving.store`` — the tag is the
   context's content hash, so an unchanged context is neither re-packed differently nor re-uploaded.
 * ``kaniko_build`` (a KFP container component): runs ``gcr.io/kaniko-project/executor`` with
   ``--context gs://…/context.tar.gz --destination IMAGE:TAG --cache=true`` and outputs the pushed
   digest. Skipping the build when ``IMAGE:TAG`` already exists is the pipeline's job
-  (``components.imaging.registry_has_tag`` in a ``dsl.If``): the executor image has no shell to
+  (``abflow.components.imaging.registry_has_tag`` in a ``dsl.If``): the executor image has no shell to
   check with.
 
 Kaniko pushes with the credentials in ``/kaniko/.docker/config.json`` (mount a registry secret there,
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components.imaging import BuildContext, registry_has_tag
-from serving.store import open_store
+from abflow.components.imaging import BuildContext, registry_has_tag
+from abflow.serving.store import open_store
 
 KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"
 CONTEXT_ARCHIVE = "context.tar.gz"
@@ -45,7 +45,7 @@ def pack_build_context(context_dir: Path) -> bytes:
     if not (root / DOCKERFILE).is_file():
         raise ValueError(
             f"{root} is not a build context: it has no {DOCKERFILE}; make one with "
-            "components.imaging.make_build_context"
+            "abflow.components.imaging.make_build_context"
         )
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:

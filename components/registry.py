@@ -1,9 +1,9 @@
 """The model registry inside the artifact store: versions, their metadata, and the champion pointer.
 
-Layout under the artifact root (a folder or ``gs://bucket/prefix``, through ``serving.store``)::
+Layout under the artifact root (a folder or ``gs://bucket/prefix``, through ``abflow.serving.store``)::
 
     models/<name>/<version>/model.joblib    the pickled sklearn Pipeline (Seldon SKLEARN_SERVER convention)
-    models/<name>/<version>/metadata.json   serving.artifact.ModelMetadata: sha256, library versions, ...
+    models/<name>/<version>/metadata.json   abflow.serving.artifact.ModelMetadata: sha256, library versions, ...
     models/<name>/champion.json             the version that serves as arm A, plus every past promotion
 
 Versions are immutable: publishing never overwrites a different model. ``champion.json`` is only
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from components.training import TrainResult
-from serving.artifact import METADATA_FILE, MODEL_FILE, ModelMetadata, runtime_versions, sha256_of
-from serving.store import ABSENT, StoreError, open_store
+from abflow.components.training import TrainResult
+from abflow.serving.artifact import METADATA_FILE, MODEL_FILE, ModelMetadata, runtime_versions, sha256_of
+from abflow.serving.store import ABSENT, StoreError, open_store
 
 CHAMPION_FILE = "champion.json"
 PROMOTE_ATTEMPTS = 50

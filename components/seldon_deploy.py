@@ -11,7 +11,7 @@ the Role that grants it; a missing CRD says to install Seldon Core; a timeout sh
 the pods' waiting/terminated reasons and the operator's warnings.
 
 ``DeploymentRecord`` crosses KFP step boundaries as JSON, from the deploy step to the smoke test that
-may roll it back; ``components.deploy_targets`` dispatches between this target and ``local``.
+may roll it back; ``abflow.components.deploy_targets`` dispatches between this target and ``local``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from components.seldon_manifests import ROLE_NAME, SELDON_GROUP, SELDON_PLURAL, render_seldon_deployment
-from serving.graph import ab_graph
+from abflow.components.seldon_manifests import ROLE_NAME, SELDON_GROUP, SELDON_PLURAL, render_seldon_deployment
+from abflow.serving.graph import ab_graph
 
 SELDON_VERSION = "v1"
 AVAILABLE = "Available"

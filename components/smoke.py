@@ -26,8 +26,8 @@ import numpy as np
 from requests import RequestException, Session, Timeout, post
 from scipy.stats import binomtest
 
-from serving.artifact import DEFAULT_CLASS_NAMES, DEFAULT_FEATURE_NAMES
-from serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME
+from abflow.serving.artifact import DEFAULT_CLASS_NAMES, DEFAULT_FEATURE_NAMES
+from abflow.serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME
 
 PREDICTIONS_PATH = "/api/v1.0/predictions"
 OAUTH_TOKEN_PATH = "/oauth/token"

@@ -41,8 +41,8 @@ def train(
     """
     import json
 
-    from components import steplog
-    from components.training import train_iris, train_summary
+    from abflow.components import steplog
+    from abflow.components.training import train_iris, train_summary
 
     result = train_iris(c=c, max_iter=max_iter, test_size=test_size, seed=seed)
     with open(model.path, "wb") as handle:
@@ -68,9 +68,9 @@ def gate(
     missed."""
     import json
 
-    from components import steplog
-    from components.gating import check_gate
-    from components.registry import read_champion
+    from abflow.components import steplog
+    from abflow.components.gating import check_gate
+    from abflow.components.registry import read_champion
 
     champion = read_champion(artifact_root, model_name)
     result = check_gate(
@@ -98,9 +98,9 @@ def store(
     Args:
         artifact_root: A local folder or ``gs://bucket/prefix``.
     """
-    from components import steplog
-    from components.registry import choose_arms, publish_model
-    from components.training import train_result_from
+    from abflow.components import steplog
+    from abflow.components.registry import choose_arms, publish_model
+    from abflow.components.training import train_result_from
 
     with open(model.path, "rb") as handle:
         result = train_result_from(handle.read(), summary)
@@ -136,14 +136,14 @@ def build_image(
     """
     from pathlib import Path
 
-    from components import steplog
-    from components.imaging import build_image as build
-    from components.imaging import make_build_context
+    from abflow.components import steplog
+    from abflow.components.imaging import build_image as build
+    from abflow.components.imaging import make_build_context
 
     context = make_build_context(Path(build_context.path), base_image=base_image)
     build_context.metadata.update({"tag": context.tag, "builder": builder})
     if builder == "kaniko":
-        from components.kaniko import stage_for_kaniko
+        from abflow.components.kaniko import stage_for_kaniko
 
         stage = stage_for_kaniko(context, image_repo=image_repo, artifact_root_uri=artifact_root)
         steplog.note(f"image {stage.image_ref} (kaniko build needed: {stage.build_needed})")
@@ -156,7 +156,7 @@ def build_image(
 def skip_image_build(image_ref: str) -> str:
     """The branch taken when kaniko has nothing to build (another builder ran, or the tag is already
     pushed): no new digest, so the deployment uses the content-hash tag."""
-    from components import steplog
+    from abflow.components import steplog
 
     steplog.note(f"no kaniko build needed ({image_ref or 'builder none: no image'})")
     return ""
@@ -183,8 +183,8 @@ def deploy_ab(
         local_state_dir: Where the local target keeps its releases (local target only).
         local_port: Port of the local endpoint (local target only).
     """
-    from components import steplog
-    from components.deploy_targets import deploy
+    from abflow.components import steplog
+    from abflow.components.deploy_targets import deploy
 
     record = deploy(
         target,
@@ -213,9 +213,9 @@ def smoke_test(
     """Send ``requests`` tutorial-format predictions and check status, schema, class names,
     probabilities, ``meta.routing``, both arms, the arm-A share (binomial test) and p99. On failure
     the endpoint is rolled back to the previous deployment and the run fails with the reasons."""
-    from components import steplog
-    from components.deploy_targets import rollback
-    from components.smoke import render_html_report, require_pass, run_smoke
+    from abflow.components import steplog
+    from abflow.components.deploy_targets import rollback
+    from abflow.components.smoke import render_html_report, require_pass, run_smoke
 
     result = run_smoke(endpoint, requests=requests, ratio_a=ratio_a, p99_budget_ms=p99_budget_ms)
     with open(report.path, "w", encoding="utf-8") as handle:
@@ -232,8 +232,8 @@ def smoke_test(
 def promote(artifact_root: str, model_name: str, version: str, run_id: str) -> str:
     """Make the model that passed the smoke test the champion (arm A of the next run). The champion
     pointer is swapped atomically, so racing scheduled runs lose no promotion."""
-    from components import steplog
-    from components.registry import promote_version
+    from abflow.components import steplog
+    from abflow.components.registry import promote_version
 
     champion = promote_version(artifact_root, model_name, version, run_id=run_id)
     steplog.note(f"champion is now {champion.version}")

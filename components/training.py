@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from serving.artifact import DEFAULT_CLASS_NAMES, sha256_of
+from abflow.serving.artifact import DEFAULT_CLASS_NAMES, sha256_of
 
 
 @dataclass(frozen=True)

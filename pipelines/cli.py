@@ -11,9 +11,9 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "pipelines.local_commands",
-    "pipelines.cluster_commands",
-    "serving.cli",
+    "abflow.pipelines.local_commands",
+    "abflow.pipelines.cluster_commands",
+    "abflow.serving.cli",
 ]
 
 

@@ -140,8 +140,8 @@ def _add_schedule(subparsers: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from components.seldon_manifests import render_all, to_yaml
-    from serving.graph import GraphError, ab_graph, single_model_graph
+    from abflow.components.seldon_manifests import render_all, to_yaml
+    from abflow.serving.graph import GraphError, ab_graph, single_model_graph
 
     try:
         graph = (
@@ -165,14 +165,14 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.remote import load_package, parse_param
+    from abflow.pipelines.remote import load_package, parse_param
 
     spec = load_package(args.pipeline_yaml).pipeline_spec
     return dict(parse_param(option, spec) for option in args.param)
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines.remote import RemoteError, submit
+    from abflow.pipelines.remote import RemoteError, submit
 
     try:
         info = submit(
@@ -194,7 +194,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from pipelines.remote import RemoteError, schedule
+    from abflow.pipelines.remote import RemoteError, schedule
 
     try:
         info = schedule(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from kfp import compiler
 
-from components.steps import DEFAULT_COMPONENTS_IMAGE, STEP_FUNCTIONS, make_components
-from pipelines.parameters import PIPELINE_YAML
-from pipelines.pipeline import build_pipeline
+from abflow.components.steps import DEFAULT_COMPONENTS_IMAGE, STEP_FUNCTIONS, make_components
+from abflow.pipelines.parameters import PIPELINE_YAML
+from abflow.pipelines.pipeline import build_pipeline
 
 REPO_ROOT = PIPELINE_YAML.parent.parent
 COMPONENTS_YAML_DIR = REPO_ROOT / "components" / "yaml"

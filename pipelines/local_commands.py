@@ -1,7 +1,7 @@
 """``abflow run``, ``abflow compile`` and ``abflow predict``: the laptop half of the command line.
 
 ``run`` takes one flag per pipeline parameter, generated from the compiled pipeline's declared
-parameters (``pipelines.parameters``) so the two can never drift; only the help texts are written here.
+parameters (``abflow.pipelines.parameters``) so the two can never drift; only the help texts are written here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.parameters import pipeline_parameters
+from abflow.pipelines.parameters import pipeline_parameters
 
 DEFAULT_DATA_DIR = Path("abflow-data")
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
@@ -145,7 +145,7 @@ def curl_line(endpoint: str) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pipelines.local_run import PipelineRunFailed, run_locally
+    from abflow.pipelines.local_run import PipelineRunFailed, run_locally
 
     arguments = pipeline_arguments(args)
     problems = check_arguments(arguments)
@@ -171,8 +171,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def compile_command(args: argparse.Namespace) -> int:
-    from components.steps import DEFAULT_COMPONENTS_IMAGE
-    from pipelines.compiled import compile_pipeline, regenerate
+    from abflow.components.steps import DEFAULT_COMPONENTS_IMAGE
+    from abflow.pipelines.compiled import compile_pipeline, regenerate
 
     if args.regenerate:
         for path in regenerate():

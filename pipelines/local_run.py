@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipelines.pipeline import STEP_NAMES, iris_ab_pipeline
+from abflow.pipelines.pipeline import STEP_NAMES, iris_ab_pipeline
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 TASK_STARTED = re.compile(r"Executing task '([\w-]+)'")

@@ -10,8 +10,8 @@ from typing import Any
 
 from kfp import dsl
 
-from components.kaniko import kaniko_build
-from components.steps import DEFAULT_COMPONENTS_IMAGE, make_components
+from abflow.components.kaniko import kaniko_build
+from abflow.components.steps import DEFAULT_COMPONENTS_IMAGE, make_components
 
 PIPELINE_NAME = "iris-ab"
 STEP_NAMES = ("train", "gate", "store", "build-image", "skip-image-build", "deploy-ab", "smoke-test", "promote")

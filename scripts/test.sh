@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 
 echo "== ruff"
-python3 -m ruff check serving components pipelines tests bench
-echo "== mypy --strict (serving/, components/)"
-python3 -m mypy --strict serving components
+python3 -m ruff check abflow serving components pipelines tests bench
+echo "== mypy --strict (abflow.serving, abflow.components)"
+bash scripts/typecheck.sh
 echo "== pytest"
 python3 -m pytest "$@"

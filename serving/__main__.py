@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serving.cli import add_commands
+from abflow.serving.cli import add_commands
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,7 +102,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _models(options: list[str]) -> dict[str, str]:
-    from serving.graph import parse_model_option
+    from abflow.serving.graph import parse_model_option
 
     models: dict[str, str] = {}
     for option in options:
@@ -112,12 +112,12 @@ def _models(options: list[str]) -> dict[str, str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.graph import GraphError
+    from abflow.serving.graph import GraphError
 
     try:
         models = _models(args.model)
         if args.detach:
-            from serving.supervisor import DetachError, start_detached
+            from abflow.serving.supervisor import DetachError, start_detached
 
             state_dir = args.state_dir or default_state_dir()
             try:
@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             print(info.url)
             return 0
-        from serving.supervisor import serve_foreground
+        from abflow.serving.supervisor import serve_foreground
 
         return serve_foreground(args.graph, models, host=args.host, port=args.port, ready_file=args.ready_file)
     except (GraphError, OSError) as exc:
@@ -140,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from serving.supervisor import endpoint_status
+    from abflow.serving.supervisor import endpoint_status
 
     state_dir = args.state_dir or default_state_dir()
     status = endpoint_status(state_dir)
@@ -152,7 +152,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from serving.supervisor import stop_detached
+    from abflow.serving.supervisor import stop_detached
 
     state_dir = args.state_dir or default_state_dir()
     stopped = stop_detached(state_dir, timeout=args.timeout)

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from serving.armlink import ArmFailed, ArmInfo, ArmUnavailable, Rows
-from serving.graph import Graph
-from serving.metrics import NO_ARM, ServingMetrics
-from serving.oauth import OAuthError, TokenIssuer
-from serving.protocol import (
+from abflow.serving.armlink import ArmFailed, ArmInfo, ArmUnavailable, Rows
+from abflow.serving.graph import Graph
+from abflow.serving.metrics import NO_ARM, ServingMetrics
+from abflow.serving.oauth import OAuthError, TokenIssuer
+from abflow.serving.protocol import (
     INTERNAL_ERROR,
     MAX_BODY_BYTES,
     SeldonError,
@@ -28,8 +28,8 @@ from serving.protocol import (
     encode_prediction_response,
     new_puid,
 )
-from serving.routers import Router, make_router
-from serving.service import Call, Reply, Routes, status_reply
+from abflow.serving.routers import Router, make_router
+from abflow.serving.service import Call, Reply, Routes, status_reply
 
 UNAVAILABLE = "MICROSERVICE_UNAVAILABLE"
 UNAUTHORIZED = "UNAUTHORIZED"

@@ -1,7 +1,7 @@
 """The one module that knows aiohttp: turns HTTP requests into ``Call``s and ``Reply``s back.
 
 aiohttp's low-level ``web.Server`` is used without an ``Application``/router/middleware stack:
-dispatch is a dict lookup in ``serving.service.Routes``, so the framework only parses HTTP.
+dispatch is a dict lookup in ``abflow.serving.service.Routes``, so the framework only parses HTTP.
 aiohttp sets TCP_NODELAY on every accepted connection (``BaseProtocol.connection_made``), which keeps
 keep-alive latency off Nagle's 40 ms timer.
 """
@@ -14,7 +14,7 @@ import socket
 
 from aiohttp import web
 
-from serving.service import Call, Service, status_reply
+from abflow.serving.service import Call, Service, status_reply
 
 DRAIN_SECONDS = 30.0
 HANDOVER_SECONDS = 2.0

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from serving.artifact import (
+from abflow.serving.artifact import (
     DEFAULT_CLASS_NAMES,
     METADATA_FILE,
     MODEL_FILE,
@@ -51,7 +51,7 @@ class LoadedModel:
 def trust_decoded_input() -> None:
     """Switch off scikit-learn's per-call input checks for this process (its predicting thread).
 
-    Every row a model server predicts came through ``serving.protocol``'s decoder, which refused
+    Every row a model server predicts came through ``abflow.serving.protocol``'s decoder, which refused
     NaN/Infinity, ragged shapes and non-numbers, so sklearn's finiteness scan and parameter validation
     are repeated work on each request. ``set_config`` once instead of ``config_context`` per call:
     sklearn keeps its config per thread, a model server predicts on its event loop's one thread, and
@@ -118,7 +118,7 @@ def _read_local(path: Path) -> tuple[bytes, bytes | None, str]:
 
 
 def _read_gcs(uri: str) -> tuple[bytes, bytes | None, str]:
-    from serving.store import StoreError, open_store
+    from abflow.serving.store import StoreError, open_store
 
     root, _, last = uri.rstrip("/").rpartition("/")
     if last.endswith(PICKLE_SUFFIXES) and root != "gs:/":

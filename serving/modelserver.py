@@ -1,9 +1,9 @@
-"""One MODEL node as a server: ``python -m serving.modelserver --model URI --port P [--name NODE]``.
+"""One MODEL node as a server: ``python -m abflow.serving.modelserver --model URI --port P [--name NODE]``.
 
 This is what the serving image runs on a cluster (one model per container, behind Seldon's
 orchestrator), so its HTTP API is the Seldon microservice protocol itself: ``/api/v1.0/predictions``,
 ``/predict``, ``/send-feedback`` and the health endpoints. Under ``abflow serve`` it additionally
-listens on a unix socket for the executor's binary frames (``serving.armlink``).
+listens on a unix socket for the executor's binary frames (``abflow.serving.armlink``).
 
 Kept lean on purpose: it imports the model runtime, numpy, aiohttp and prometheus_client, nothing
 from the executor side, because every arm of a local graph is one of these processes.
@@ -22,10 +22,10 @@ import time
 
 import orjson
 
-from serving.armlink import ArmInfo, Rows, serve_frames
-from serving.metrics import ServingMetrics
-from serving.model import LoadedModel, ModelLoadError, load_model, trust_decoded_input
-from serving.protocol import (
+from abflow.serving.armlink import ArmInfo, Rows, serve_frames
+from abflow.serving.metrics import ServingMetrics
+from abflow.serving.model import LoadedModel, ModelLoadError, load_model, trust_decoded_input
+from abflow.serving.protocol import (
     INTERNAL_ERROR,
     MAX_BODY_BYTES,
     SeldonError,
@@ -33,7 +33,7 @@ from serving.protocol import (
     encode_prediction_response,
     new_puid,
 )
-from serving.service import Call, Reply, Routes, status_reply
+from abflow.serving.service import Call, Reply, Routes, status_reply
 
 PARENT_PID_ENV = "ABFLOW_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -124,7 +124,7 @@ async def watch_parent(stop: asyncio.Event) -> None:
 
 
 async def run(args: argparse.Namespace, model: LoadedModel) -> None:
-    from serving.http import start_http
+    from abflow.serving.http import start_http
 
     server = ModelServer(model, args.name, image=args.image)
     endpoint = await start_http(server, args.host, args.port)
@@ -148,10 +148,10 @@ async def run(args: argparse.Namespace, model: LoadedModel) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.modelserver",
+        prog="python -m abflow.serving.modelserver",
         description="Serve one scikit-learn model over the Seldon REST protocol "
                     "(POST /api/v1.0/predictions or /predict; GET /health/ping, /ready, /metrics).",
-        epilog="example: python -m serving.modelserver --model models/iris/v1 --port 9000 --name classifier",
+        epilog="example: python -m abflow.serving.modelserver --model models/iris/v1 --port 9000 --name classifier",
     )
     parser.add_argument("--model", required=True, metavar="URI",
                         help="folder with model.joblib + metadata.json, a .joblib file, file://… or gs://…")

@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from serving.graph import RANDOM_ABTEST, GraphError, RouterNode
-from serving.protocol import PredictionRequest
+from abflow.serving.graph import RANDOM_ABTEST, GraphError, RouterNode
+from abflow.serving.protocol import PredictionRequest
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The transport-free shape of an HTTP exchange, shared by the executor and the model server.
 
-Both cores take a ``Call`` and return a ``Reply``; ``serving.http`` is the only module that knows
+Both cores take a ``Call`` and return a ``Reply``; ``abflow.serving.http`` is the only module that knows
 which web framework turns sockets into calls. Path dispatch lives here too, so unknown paths (404)
 and wrong methods (405) get Seldon status bodies instead of a framework's HTML.
 """
@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from serving.protocol import BAD_DATA, status_body
+from abflow.serving.protocol import BAD_DATA, status_body
 
 JSON = "application/json"
 
@@ -37,7 +37,7 @@ Handler = Callable[[Call], Awaitable[Reply]]
 
 
 class Service(Protocol):
-    """What ``serving.http`` serves: a body limit it enforces before reading, and one entry point."""
+    """What ``abflow.serving.http`` serves: a body limit it enforces before reading, and one entry point."""
 
     max_body_bytes: int
 

@@ -3,7 +3,7 @@ lifecycle around them (parallel start, restart with backoff, graceful stop, deta
 
 The executor runs inside the supervising process: it is the process users talk to, so if it dies the
 graph is down anyway, and sharing it saves a whole interpreter of memory. Each arm is its own process,
-forked by the zygote (``serving.zygote``) that imported the model runtime once, in a session apart
+forked by the zygote (``abflow.serving.zygote``) that imported the model runtime once, in a session apart
 (a terminal's Ctrl-C reaches only the supervisor, which drains before it stops the arms); the zygote
 dies with the supervisor and the arms with the zygote, even on SIGKILL (see ``die_with_parent``).
 """
@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving.graph import Graph, ModelNode, load_graph, resolve_model_uris
-from serving.zygote import ForkedArm, Zygote, ZygoteGone
+from abflow.serving.graph import Graph, ModelNode, load_graph, resolve_model_uris
+from abflow.serving.zygote import ForkedArm, Zygote, ZygoteGone
 
 ARM_READY_TIMEOUT = 60.0
 ARM_STOP_TIMEOUT = 5.0
@@ -170,9 +170,9 @@ async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket | None, h
         log(f"starting graph {graph.name!r}: {len(arms)} model server(s) in parallel")
         if not await _start_arms(arms, stop):
             return 1 if not stop.is_set() else 0
-        from serving.armlink import ArmLink
-        from serving.executor import Executor
-        from serving.http import start_http
+        from abflow.serving.armlink import ArmLink
+        from abflow.serving.executor import Executor
+        from abflow.serving.http import start_http
 
         links = [ArmLink(arm.node.name, arm.socket_path) for arm in arms]
         await asyncio.gather(*(link.connect() for link in links))
@@ -207,8 +207,8 @@ async def _start_arms(arms: list[ArmProcess], stop: asyncio.Event) -> bool:
     starting: asyncio.Future[list[dict[str, Any]]] = asyncio.gather(*(arm.spawn() for arm in arms))
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     await asyncio.sleep(0)
-    import serving.executor
-    import serving.http  # noqa: F401 - imported while the arms load their models
+    import abflow.serving.executor
+    import abflow.serving.http  # noqa: F401 - imported while the arms load their models
     await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     if not starting.done():
@@ -302,7 +302,7 @@ def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "
                           f"stop it first with: abflow down --state-dir {state_dir}")
     log_path, ready_path = state_dir / LOG_FILE, state_dir / READY_FILE
     ready_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "serving", "serve", str(graph_path), "--host", host, "--port", str(port),
+    command = [sys.executable, "-m", "abflow.serving", "serve", str(graph_path), "--host", host, "--port", str(port),
                "--ready-file", str(ready_path)]
     for node, uri in models.items():
         command += ["--model", f"{node}={uri}"]

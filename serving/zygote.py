@@ -1,4 +1,4 @@
-"""Arms forked from one process that imported the model runtime once: ``python -m serving.zygote``.
+"""Arms forked from one process that imported the model runtime once: ``python -m abflow.serving.zygote``.
 
 Importing numpy, scipy and scikit-learn costs a Python process ~1.5 s of CPU and ~60 MiB. When every
 arm of a graph started its own interpreter, an A/B graph paid that twice, at the same moment, on a
@@ -41,7 +41,7 @@ from typing import Any
 # The model server and everything it imports up to the first request, plus the estimator modules of
 # the model abflow's trainer writes (a StandardScaler + LogisticRegression pipeline), so arms
 # serving it unpickle without importing anything of their own.
-PRELOAD = ("serving.modelserver", "serving.http", "joblib", "sklearn.exceptions", "sklearn.pipeline",
+PRELOAD = ("abflow.serving.modelserver", "abflow.serving.http", "joblib", "sklearn.exceptions", "sklearn.pipeline",
            "sklearn.preprocessing", "sklearn.linear_model")
 MESSAGE_BYTES = 64 * 1024
 STOP_TIMEOUT = 5.0
@@ -51,12 +51,12 @@ STOP_TIMEOUT = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.zygote",
+    parser = argparse.ArgumentParser(prog="python -m abflow.serving.zygote",
                                      description="Fork abflow model servers on request (started by abflow serve).")
     parser.add_argument("--control", type=int, required=True, metavar="FD", help="the supervisor's control socket")
     parser.add_argument("--parent", type=int, required=True, metavar="PID", help="the supervisor's pid")
     args = parser.parse_args(argv)
-    from serving.modelserver import PARENT_PID_ENV, die_with_parent
+    from abflow.serving.modelserver import PARENT_PID_ENV, die_with_parent
 
     os.environ[PARENT_PID_ENV] = str(args.parent)
     die_with_parent()
@@ -152,8 +152,8 @@ def _become_arm(args: list[str], stdout: int, control: socket.socket, wake: tupl
             os.close(fd)
         os.dup2(stdout, 1)
         os.close(stdout)
-        from serving.modelserver import PARENT_PID_ENV
-        from serving.modelserver import main as serve_model
+        from abflow.serving.modelserver import PARENT_PID_ENV
+        from abflow.serving.modelserver import main as serve_model
 
         os.environ[PARENT_PID_ENV] = str(zygote)
         code = serve_model(args)
@@ -254,7 +254,7 @@ class Zygote:
             # Its own session: a terminal's Ctrl-C must reach only the supervisor, which drains
             # in-flight requests before it stops the arms.
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "serving.zygote", "--control", str(theirs.fileno()),
+                [sys.executable, "-m", "abflow.serving.zygote", "--control", str(theirs.fileno()),
                  "--parent", str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
                 start_new_session=True, env=self._env)

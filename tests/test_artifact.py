@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.artifact import METADATA_FILE, MODEL_FILE, ModelMetadata, sha256_of, write_model_folder
+from abflow.serving.artifact import METADATA_FILE, MODEL_FILE, ModelMetadata, sha256_of, write_model_folder
 
 
 def test_metadata_round_trips_and_keeps_unknown_keys(iris_model_dir: Path) -> None:
@@ -30,7 +30,7 @@ def test_runtime_versions_match_the_imported_libraries() -> None:
     import numpy
     import sklearn
 
-    from serving.artifact import runtime_versions
+    from abflow.serving.artifact import runtime_versions
 
     versions = runtime_versions()
     assert (versions["sklearn"], versions["joblib"], versions["numpy"]) == (

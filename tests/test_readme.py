@@ -23,7 +23,7 @@ def test_every_abflow_command_in_the_readme_parses() -> None:
     """The tour is copy-pasted by newcomers: a renamed flag must fail here, not on their screen."""
     import shlex
 
-    from pipelines.cli import build_parser
+    from abflow.pipelines.cli import build_parser
 
     text = (ROOT / "README.md").read_text().replace("\\\n", " ")
     commands = [line.strip() for block in re.findall(r"```bash\n(.+?)```", text, re.S) for line in block.splitlines()]

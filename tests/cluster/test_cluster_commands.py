@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from components.seldon_manifests import render_all
-from pipelines.cli import main
-from serving.graph import ab_graph
+from abflow.components.seldon_manifests import render_all
+from abflow.pipelines.cli import main
+from abflow.serving.graph import ab_graph
 from tests.cluster.kfp_standin import API, KfpState, kfp_standin
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import main
+from abflow.pipelines.cli import main
 from tests.cluster.kfp_standin import API, kfp_standin
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"

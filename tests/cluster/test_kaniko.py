@@ -18,8 +18,8 @@ from google.protobuf import json_format
 from kfp import compiler, dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.imaging import BuildContext, make_build_context
-from components.kaniko import KANIKO_IMAGE, kaniko_build, pack_build_context, upload_build_context
+from abflow.components.imaging import BuildContext, make_build_context
+from abflow.components.kaniko import KANIKO_IMAGE, kaniko_build, pack_build_context, upload_build_context
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,8 @@ def test_packing_is_reproducible_and_keeps_only_the_context(context: BuildContex
 
 
 def test_not_a_context_says_how_to_make_one(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="has no Containerfile; make one with components.imaging.make_build_context"):
+    message = "has no Containerfile; make one with abflow.components.imaging.make_build_context"
+    with pytest.raises(ValueError, match=message):
         pack_build_context(tmp_path)
 
 
@@ -101,7 +102,7 @@ def test_upload_needs_object_storage(context: BuildContext, tmp_path: Path) -> N
 
 def test_stage_uploads_the_context_when_the_tag_is_not_pushed(context: BuildContext, gcs_root: str) -> None:
     """The registry is a closed port on 127.0.0.1 (it cannot say the tag exists), so kaniko must build."""
-    from components.kaniko import stage_for_kaniko
+    from abflow.components.kaniko import stage_for_kaniko
     from tests.fixtures.processes import free_port
 
     stage = stage_for_kaniko(context, image_repo=f"127.0.0.1:{free_port()}/ml/iris", artifact_root_uri=gcs_root)
@@ -111,7 +112,7 @@ def test_stage_uploads_the_context_when_the_tag_is_not_pushed(context: BuildCont
 
 
 def test_the_shipped_pipeline_is_strict_kfp_ir_with_the_kaniko_branch() -> None:
-    from pipelines.parameters import PIPELINE_YAML
+    from abflow.pipelines.parameters import PIPELINE_YAML
 
     spec = yaml.safe_load(PIPELINE_YAML.read_text())
     parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())

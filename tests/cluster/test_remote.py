@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kfp import compiler, dsl
 
-from pipelines.remote import (
+from abflow.pipelines.remote import (
     ParameterError,
     RemoteError,
     load_package,

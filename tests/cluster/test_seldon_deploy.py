@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from kubernetes import client
 
-from components.seldon_deploy import (
+from abflow.components.seldon_deploy import (
     DeploymentRecord,
     SeldonCrdMissingError,
     SeldonForbiddenError,
@@ -27,8 +27,8 @@ from components.seldon_deploy import (
     merge_patch,
     rollback_seldon,
 )
-from components.seldon_manifests import RBAC_RULES, ROLE_NAME, render_seldon_deployment
-from serving.graph import ab_graph
+from abflow.components.seldon_manifests import RBAC_RULES, ROLE_NAME, render_seldon_deployment
+from abflow.serving.graph import ab_graph
 from tests.cluster.kube_standin import SELDON_RESOURCE, Cluster, SeldonOperatorStandIn, seldon_cluster
 
 NAMESPACE = "models"

@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.seldon_manifests import (
+from abflow.components.seldon_manifests import (
     RBAC_RULES,
     ROUTING_INJECTION_ENV,
     SERVING_PORT,
@@ -28,7 +28,7 @@ from components.seldon_manifests import (
     render_rbac,
     render_seldon_deployment,
 )
-from serving.graph import ab_graph, parse_graph, single_model_graph
+from abflow.serving.graph import ab_graph, parse_graph, single_model_graph
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "tests/data/crds/seldondeployments.machinelearning.seldon.io.v1.17.1.yaml"
@@ -162,7 +162,8 @@ def test_checked_in_manifests_are_current_and_valid(crd_schemas: dict) -> None:
     expected = example_manifests()
     root = REPO / "manifests"
     on_disk = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*.yaml")}
-    assert on_disk == expected, "manifests/ is stale: run python -m components.seldon_manifests --write manifests/"
+    regenerate = "python -m abflow.components.seldon_manifests --write manifests/"
+    assert on_disk == expected, f"manifests/ is stale: run {regenerate}"
     for relative in ("seldon/ab-test.yaml", "seldon/single-model.yaml"):
         check_against_crd(yaml.safe_load(expected[relative]), crd_schemas)
 
@@ -181,8 +182,8 @@ def test_kubernetes_validate_cli_accepts_the_checked_in_rbac() -> None:
 
 
 def test_container_args_are_what_the_serving_image_entrypoint_parses() -> None:
-    """The image runs ``python -m serving.modelserver``; its own parser must accept our args."""
-    from serving.modelserver import parse_args
+    """The image runs ``python -m abflow.serving.modelserver``; its own parser must accept our args."""
+    from abflow.serving.modelserver import parse_args
 
     container = rendered_variants()["ab-image"]["spec"]["predictors"][0]["componentSpecs"][1]["spec"]["containers"][0]
     args = parse_args(container["args"])

@@ -1,5 +1,5 @@
 """deploy-ab and smoke-test's rollback for target ``seldon``, through the same calls the pipeline
-steps make (``components.deploy_targets``), with the client configured from a kubeconfig file as on
+steps make (``abflow.components.deploy_targets``), with the client configured from a kubeconfig file as on
 a workstation.
 
 Stand-ins (no Kubernetes API server or Seldon operator can run here): kmock's KubernetesEmulator on
@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from components.deploy_targets import deploy, rollback
+from abflow.components.deploy_targets import deploy, rollback
 from tests.cluster.kube_standin import SELDON_RESOURCE, Cluster, SeldonOperatorStandIn, seldon_cluster
 
 NAMESPACE = "models"

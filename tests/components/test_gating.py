@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.gating import GateFailed, check_gate
+from abflow.components.gating import GateFailed, check_gate
 
 
 def test_first_model_above_the_floor_passes() -> None:

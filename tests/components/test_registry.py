@@ -11,7 +11,7 @@ from pathlib import Path
 import joblib
 import pytest
 
-from components.registry import (
+from abflow.components.registry import (
     PublishedModel,
     choose_arms,
     new_version,
@@ -22,9 +22,9 @@ from components.registry import (
     read_champion_history,
     read_model,
 )
-from components.training import TrainResult, train_iris
-from serving.artifact import ModelMetadata, runtime_versions, sha256_of
-from serving.store import StoreError, open_store
+from abflow.components.training import TrainResult, train_iris
+from abflow.serving.artifact import ModelMetadata, runtime_versions, sha256_of
+from abflow.serving.store import StoreError, open_store
 
 
 @pytest.fixture(scope="module")

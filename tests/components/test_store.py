@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.store import (
+from abflow.serving.store import (
     ABSENT,
     GcsStore,
     LocalStore,

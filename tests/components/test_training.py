@@ -9,8 +9,8 @@ import joblib
 import numpy as np
 import pytest
 
-from components.training import TrainResult, train_iris, train_result_from, train_summary
-from serving.artifact import DEFAULT_CLASS_NAMES
+from abflow.components.training import TrainResult, train_iris, train_result_from, train_summary
+from abflow.serving.artifact import DEFAULT_CLASS_NAMES
 
 
 @pytest.fixture(scope="module")

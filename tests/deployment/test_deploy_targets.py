@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from components.deploy_targets import deploy, rollback
+from abflow.components.deploy_targets import deploy, rollback
 
 
 def test_an_unknown_target_is_named_with_the_choices() -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import requests
 
-from components.deployment import (
+from abflow.components.deployment import (
     DeployError,
     DeploymentRecord,
     current_deployment,
@@ -33,9 +33,9 @@ from components.deployment import (
     rollback_local,
     stop_local,
 )
-from components.smoke import payload_for, require_pass, run_smoke
-from serving.artifact import MODEL_FILE
-from serving.supervisor import endpoint_status
+from abflow.components.smoke import payload_for, require_pass, run_smoke
+from abflow.serving.artifact import MODEL_FILE
+from abflow.serving.supervisor import endpoint_status
 from tests.fixtures.models import write_iris_model
 from tests.fixtures.processes import free_port, wait_until
 

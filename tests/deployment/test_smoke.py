@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
-from components.smoke import (
+from abflow.components.smoke import (
     SmokeFailed,
     check_response,
     render_html_report,
     require_pass,
     run_smoke,
 )
-from serving.artifact import DEFAULT_CLASS_NAMES
-from serving.supervisor import start_detached, stop_detached
+from abflow.serving.artifact import DEFAULT_CLASS_NAMES
+from abflow.serving.supervisor import start_detached, stop_detached
 from tests.fixtures.processes import free_port
 
 TUTORIAL_AB_TEST = Path(__file__).parents[1] / "data" / "tutorial" / "ab_test.json"

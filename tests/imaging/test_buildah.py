@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from components.imaging import BuildContext, BuiltImage, ImageBuildError, build_image, make_build_context
-from serving.artifact import DEFAULT_CLASS_NAMES
+from abflow.components.imaging import BuildContext, BuiltImage, ImageBuildError, build_image, make_build_context
+from abflow.serving.artifact import DEFAULT_CLASS_NAMES
 from tests.fixtures.images import Buildah, Registry, stop_process
 from tests.fixtures.processes import free_port, wait_until
 
@@ -66,7 +66,7 @@ def test_unchanged_context_is_not_rebuilt(
 
 def test_image_runs_the_model_server_as_non_root(serving_image: BuiltImage, buildah: Buildah) -> None:
     config = json.loads(buildah("inspect", "--type", "image", serving_image.ref))["OCIv1"]["config"]
-    assert config["Entrypoint"] == ["python3", "-m", "serving.modelserver"]
+    assert config["Entrypoint"] == ["python3", "-m", "abflow.serving.modelserver"]
     assert config["User"] == "10001:10001"
     assert "9000/tcp" in config["ExposedPorts"]
     assert "ABFLOW_HOST=0.0.0.0" in config["Env"]
@@ -91,7 +91,7 @@ def test_built_image_answers_a_prediction(
     log_path = tmp_path / "modelserver.log"
     try:
         buildah("copy", "--chown", "10001:10001", container, str(iris_model_dir), "/models/iris")
-        command = ["python3", "-m", "serving.modelserver", "--model", "/models/iris", "--port", str(port)]
+        command = ["python3", "-m", "abflow.serving.modelserver", "--model", "/models/iris", "--port", str(port)]
         with log_path.open("wb") as log:
             # --host: stay off this machine's other interfaces (the image defaults to 0.0.0.0).
             server = subprocess.Popen(

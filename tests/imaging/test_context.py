@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.imaging import (
+from abflow.components.imaging import (
     CONSTRAINTS_FILE,
     CONTAINERFILE,
     MODEL_RUNTIME_PACKAGES,
@@ -58,26 +58,28 @@ def test_tag_changes_with_base_image_versions_and_any_file(tmp_path: Path) -> No
 
     edited = tmp_path / "edited"
     shutil.copytree(base.path, edited)
-    with (edited / "serving" / "artifact.py").open("a") as handle:
+    with (edited / "abflow" / "serving" / "artifact.py").open("a") as handle:
         handle.write("\n")
     assert context_digest(edited, base.base_image)[0][:12] != base.tag
 
     renamed = tmp_path / "renamed"
     shutil.copytree(base.path, renamed)
-    (renamed / "serving" / "artifact.py").rename(renamed / "serving" / "artifact2.py")
+    (renamed / "abflow" / "serving" / "artifact.py").rename(renamed / "abflow" / "serving" / "artifact2.py")
     assert context_digest(renamed, base.base_image)[0][:12] != base.tag
 
 
 def test_context_holds_only_what_the_image_needs(tmp_path: Path) -> None:
     context = make_build_context(tmp_path / "ctx")
     files = sorted(p.relative_to(context.path).as_posix() for p in context.path.rglob("*") if p.is_file())
-    assert files[:2] == [CONTAINERFILE, REQUIREMENTS_FILE]
-    assert "serving/modelserver.py" in files or "serving/artifact.py" in files
-    assert all(f.startswith("serving/") and "__pycache__" not in f for f in files[2:])
+    assert [f for f in files if "/" not in f] == [CONTAINERFILE, REQUIREMENTS_FILE]
+    assert {"abflow/__init__.py", "abflow/serving/modelserver.py", "abflow/serving/artifact.py"} <= set(files)
+    packaged = [f for f in files if "/" in f]
+    assert all(f.startswith("abflow/serving/") or f == "abflow/__init__.py" for f in packaged)
+    assert not any("__pycache__" in f for f in packaged)
     assert set(context.digest_inputs) == {*files, "BASE_IMAGE"}
     containerfile = (context.path / CONTAINERFILE).read_text()
     assert "FROM ${BASE_IMAGE}" in containerfile
-    assert 'ENTRYPOINT ["python3", "-m", "serving.modelserver"]' in containerfile
+    assert 'ENTRYPOINT ["python3", "-m", "abflow.serving.modelserver"]' in containerfile
 
 
 def test_requirements_pin_the_installed_model_runtime_and_server_deps(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import yaml
 
-from components.kaniko import KANIKO_IMAGE
-from pipelines.compiled import PIPELINE_YAML, REPO_ROOT, compile_pipeline, regenerate
-from pipelines.pipeline import STEP_NAMES
+from abflow.components.kaniko import KANIKO_IMAGE
+from abflow.pipelines.compiled import PIPELINE_YAML, REPO_ROOT, compile_pipeline, regenerate
+from abflow.pipelines.pipeline import STEP_NAMES
 
 
 def test_checked_in_yaml_is_current(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from components.deployment import current_deployment, stop_local
-from components.registry import read_champion
-from pipelines.local_commands import TUTORIAL_PAYLOAD
-from pipelines.pipeline import STEP_NAMES
+from abflow.components.deployment import current_deployment, stop_local
+from abflow.components.registry import read_champion
+from abflow.pipelines.local_commands import TUTORIAL_PAYLOAD
+from abflow.pipelines.pipeline import STEP_NAMES
 from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ class LocalProject:
         self.data = root / "abflow-data"
 
     def run(self, *flags: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "pipelines.cli", "run", "--local-port", str(self.port),
+        command = [sys.executable, "-m", "abflow.pipelines.cli", "run", "--local-port", str(self.port),
                    "--smoke-requests", "60", *flags]
         return subprocess.run(command, cwd=self.root, capture_output=True, text=True, timeout=240,
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})

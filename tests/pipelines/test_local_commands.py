@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from pipelines.cli import build_parser, main
-from pipelines.local_commands import PARAMETER_HELP, check_arguments, pipeline_arguments
-from pipelines.local_run import ProgressLog
-from pipelines.pipeline import iris_ab_pipeline
+from abflow.pipelines.cli import build_parser, main
+from abflow.pipelines.local_commands import PARAMETER_HELP, check_arguments, pipeline_arguments
+from abflow.pipelines.local_run import ProgressLog
+from abflow.pipelines.pipeline import iris_ab_pipeline
 from tests.fixtures.processes import free_port
 from tests.fixtures.serving import ServedGraph
 
@@ -25,7 +25,7 @@ def test_every_pipeline_parameter_has_a_flag_with_help() -> None:
 
 def test_building_the_command_line_does_not_import_kfp() -> None:
     """Every abflow process builds the parser, `abflow serve` included: it must stay light."""
-    probe = "import sys; from pipelines.cli import build_parser; build_parser(); print('kfp' in sys.modules)"
+    probe = "import sys; from abflow.pipelines.cli import build_parser; build_parser(); print('kfp' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -63,7 +63,7 @@ def test_run_with_a_bad_ratio_exits_2_and_says_why(capsys: pytest.CaptureFixture
 
 def test_help_explains_the_commands() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "abflow.pipelines.cli", "run", "--help"], capture_output=True, text=True, check=True
     )
     assert "--ratio-a" in result.stdout and "examples:" in result.stdout
 
@@ -74,7 +74,7 @@ def test_progress_log_reports_steps_and_keeps_the_failure_reason() -> None:
     progress.write("08:00:00 - INFO - Executing task \x1b[96m'train'\x1b[0m\n")
     progress.write("    abflow: trained, accuracy 0.974\n")
     progress.write("08:00:01 - INFO - Task \x1b[96m'train'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
-    progress.write("08:00:01 - INFO - Executing task 'gate'\n    components.gating.GateFailed: accuracy 0.5")
+    progress.write("08:00:01 - INFO - Executing task 'gate'\n    abflow.components.gating.GateFailed: accuracy 0.5")
     progress.write(" is below min_accuracy 0.9\n      - and one more reason\n\n")
     progress.write("Task 'gate' finished with status FAILURE\n")
     shown = terminal.getvalue()

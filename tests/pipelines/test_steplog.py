@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from components import steplog
+from abflow.components import steplog
 
 
 def test_note_says_what_and_how_long_the_work_took(capsys: pytest.CaptureFixture[str]) -> None:

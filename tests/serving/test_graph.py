@@ -16,7 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.graph import (
+from abflow.serving.graph import (
     RATIO_PARAMETER_EXAMPLE,
     Graph,
     GraphError,

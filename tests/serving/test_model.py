@@ -16,9 +16,9 @@ import sklearn.base
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from serving.artifact import DEFAULT_CLASS_NAMES, ModelMetadata, runtime_versions, sha256_of, write_model_folder
-from serving.model import ModelLoadError, load_model
-from serving.store import LocalStore
+from abflow.serving.artifact import DEFAULT_CLASS_NAMES, ModelMetadata, runtime_versions, sha256_of, write_model_folder
+from abflow.serving.model import ModelLoadError, load_model
+from abflow.serving.store import LocalStore
 
 FEATURES = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
 
@@ -219,7 +219,7 @@ def fake_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         assert uri.startswith("gs://bucket")
         return LocalStore(root / uri.removeprefix("gs://bucket").strip("/"))
 
-    monkeypatch.setattr("serving.store.open_store", open_store)
+    monkeypatch.setattr("abflow.serving.store.open_store", open_store)
     return root
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.protocol import (
+from abflow.serving.protocol import (
     MAX_BODY_BYTES,
     Feedback,
     PredictionRequest,

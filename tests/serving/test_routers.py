@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from serving.graph import GraphError, ModelNode, RouterNode
-from serving.protocol import PredictionRequest
-from serving.routers import ArmStats, RandomABTest, make_router
+from abflow.serving.graph import GraphError, ModelNode, RouterNode
+from abflow.serving.protocol import PredictionRequest
+from abflow.serving.routers import ArmStats, RandomABTest, make_router
 
 REQUEST = PredictionRequest(features=np.zeros((1, 4)), encoding="tensor")
 ratios = st.floats(min_value=0.0, max_value=1.0)

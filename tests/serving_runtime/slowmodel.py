@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from serving.artifact import ModelMetadata, runtime_versions, sha256_of, write_model_folder
+from abflow.serving.artifact import ModelMetadata, runtime_versions, sha256_of, write_model_folder
 
 DELAY_SECONDS = 1.5
 

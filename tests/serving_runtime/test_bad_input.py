@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import requests
 
-from serving.protocol import MAX_BODY_BYTES
+from abflow.serving.protocol import MAX_BODY_BYTES
 from tests.fixtures.serving import ServedGraph
 
 JSON = {"Content-Type": "application/json"}

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.armlink import ArmInfo, ArmUnavailable, Rows
-from serving.executor import Executor
-from serving.graph import Graph, ab_graph, single_model_graph
-from serving.service import Call, Reply
+from abflow.serving.armlink import ArmInfo, ArmUnavailable, Rows
+from abflow.serving.executor import Executor
+from abflow.serving.graph import Graph, ab_graph, single_model_graph
+from abflow.serving.service import Call, Reply
 
 BODY = orjson.dumps({"data": {"ndarray": [[5.1, 3.5, 1.4, 0.2]]}})
 
@@ -99,7 +99,7 @@ def test_serving_freezes_the_start_up_heap_out_of_the_collectors_reach() -> None
     """A full collection over an unfrozen serving heap stalls one request for tens of milliseconds."""
     import gc
 
-    from serving.http import start_http
+    from abflow.serving.http import start_http
 
     async def start_and_stop() -> int:
         service = executor(single_model_graph("g", "file:///m", node_name="m"), FakeArm("m"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving.supervisor import DetachError, endpoint_status, start_detached, stop_detached
+from abflow.serving.supervisor import DetachError, endpoint_status, start_detached, stop_detached
 from tests.fixtures.processes import free_port, wait_until
 from tests.fixtures.serving import (
     TUTORIAL_DIR,
@@ -161,13 +161,13 @@ def test_detach_status_down(tmp_path: Path, iris_model_dir: Path, iris_model_dir
         assert status is not None and status["running"] and status["pid"] == info.pid
         assert status["health"]["status"] == "ok" and status["models"] == models
         arm_pids = [arm["pid"] for arm in status["health"]["arms"]]
-        cli = subprocess.run([sys.executable, "-m", "serving", "status", "--state-dir", str(state_dir)],
+        cli = subprocess.run([sys.executable, "-m", "abflow.serving", "status", "--state-dir", str(state_dir)],
                              capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0 and f'"url": "{info.url}"' in cli.stdout
         with pytest.raises(DetachError, match="already running"):
             start_detached(TUTORIAL_DIR / "ab_test.json", models, port=free_port(), state_dir=state_dir)
     finally:
-        down = subprocess.run([sys.executable, "-m", "serving", "down", "--state-dir", str(state_dir)],
+        down = subprocess.run([sys.executable, "-m", "abflow.serving", "down", "--state-dir", str(state_dir)],
                               capture_output=True, text=True, timeout=60)
     assert down.returncode == 0 and "stopped the endpoint" in down.stderr
     wait_until(lambda: not process_alive(info.pid), what="the detached server to exit")
