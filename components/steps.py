@@ -51,7 +51,7 @@ def train(
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     confusion_matrix.log_confusion_matrix(list(result.class_names), result.confusion_matrix)
-    steplog.note(f"trained, accuracy {result.metrics['accuracy']:.3f}")
+    steplog.finish(f"trained, accuracy {result.metrics['accuracy']:.3f}")
     return (result.metrics["accuracy"], json.dumps(train_summary(result)))
 
 
@@ -81,7 +81,7 @@ def gate(
     )
     for name, value in result.as_metrics().items():
         decision.log_metric(name, value)
-    steplog.note(f"gate passed ({result.describe()})")
+    steplog.finish(f"gate passed ({result.describe()})")
 
 
 def store(
@@ -106,7 +106,7 @@ def store(
         result = train_result_from(handle.read(), summary)
     published = publish_model(artifact_root, model_name, result, run_id=run_id)
     arms = choose_arms(artifact_root, model_name, published.uri)
-    steplog.note(f"stored {published.uri}")
+    steplog.finish(f"stored {published.uri}")
     return (published.uri, published.version, arms.model_a_uri, arms.model_b_uri)
 
 
@@ -146,10 +146,10 @@ def build_image(
         from abflow.components.kaniko import stage_for_kaniko
 
         stage = stage_for_kaniko(context, image_repo=image_repo, artifact_root_uri=artifact_root)
-        steplog.note(f"image {stage.image_ref} (kaniko build needed: {stage.build_needed})")
+        steplog.finish(f"image {stage.image_ref} (kaniko build needed: {stage.build_needed})")
         return (stage.image_ref, context.tag, stage.context_uri, stage.build_needed)
     built = build(context, image_repo=image_repo, builder=builder)
-    steplog.note(f"image {built.ref} ({built.builder})")
+    steplog.finish(f"image {built.ref} ({built.builder})")
     return (built.ref if built.builder != "none" else "", built.tag, "", False)
 
 
@@ -158,7 +158,7 @@ def skip_image_build(image_ref: str) -> str:
     pushed): no new digest, so the deployment uses the content-hash tag."""
     from abflow.components import steplog
 
-    steplog.note(f"no kaniko build needed ({image_ref or 'builder none: no image'})")
+    steplog.finish(f"no kaniko build needed ({image_ref or 'builder none: no image'})")
     return ""
 
 
@@ -197,7 +197,7 @@ def deploy_ab(
         local_state_dir=local_state_dir,
         local_port=local_port,
     )
-    steplog.note(f"deployed {record.endpoint}")
+    steplog.finish(f"deployed {record.endpoint}")
     return (record.endpoint, record.to_json())
 
 
@@ -226,7 +226,7 @@ def smoke_test(
         restored = rollback(record)
         steplog.note(f"smoke failed, rolled back to {restored}")
     require_pass(result)
-    steplog.note(f"smoke passed ({result.describe()})")
+    steplog.finish(f"smoke passed ({result.describe()})")
 
 
 def promote(artifact_root: str, model_name: str, version: str, run_id: str) -> str:
@@ -236,7 +236,7 @@ def promote(artifact_root: str, model_name: str, version: str, run_id: str) -> s
     from abflow.components.registry import promote_version
 
     champion = promote_version(artifact_root, model_name, version, run_id=run_id)
-    steplog.note(f"champion is now {champion.version}")
+    steplog.finish(f"champion is now {champion.version}")
     return str(champion.version)
 
 
