@@ -4,8 +4,6 @@ endpoint is the real serving runtime on 127.0.0.1, exercised over HTTP."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,8 +32,7 @@ class LocalProject:
     def run(self, *flags: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "abflow.pipelines.cli", "run", "--local-port", str(self.port),
                    "--smoke-requests", "60", *flags]
-        return subprocess.run(command, cwd=self.root, capture_output=True, text=True, timeout=240,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        return subprocess.run(command, cwd=self.root, capture_output=True, text=True, timeout=240)
 
     def predict(self) -> dict[str, object]:
         response = requests.post(f"http://127.0.0.1:{self.port}/api/v1.0/predictions", json=TUTORIAL_PAYLOAD,
@@ -98,7 +95,10 @@ def test_whole_pipeline_on_gcs(project: LocalProject, gcs_root: str) -> None:
     assert champion is not None and champion.model_uri.startswith(gcs_root)
     release = current_deployment(project.data)
     assert release is not None and release.model_b_uri.startswith("gs://")
-    assert json.dumps(project.predict()["meta"])
+    meta = project.predict()["meta"]
+    assert isinstance(meta, dict) and meta["routing"]["random-ab-test"] in (0, 1)
+    served_from = list(meta["requestPath"].values())
+    assert served_from and all(str(uri).startswith(gcs_root) for uri in served_from), served_from
 
 
 def test_unreachable_bucket_says_what_to_check(project: LocalProject, monkeypatch: pytest.MonkeyPatch) -> None:
