@@ -165,14 +165,15 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    from abflow.pipelines.remote import load_package, parse_param
+    from abflow.pipelines.package import load_package, parse_param
 
     spec = load_package(args.pipeline_yaml).pipeline_spec
     return dict(parse_param(option, spec) for option in args.param)
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from abflow.pipelines.remote import RemoteError, submit
+    from abflow.pipelines.package import SubmissionError
+    from abflow.pipelines.remote import submit
 
     try:
         info = submit(
@@ -186,7 +187,7 @@ def _submit(args: argparse.Namespace) -> int:
             token=args.token,
             namespace=args.namespace,
         )
-    except RemoteError as exc:
+    except SubmissionError as exc:
         print(f"abflow submit: {exc}", file=sys.stderr)
         return 2
     print(f"run {info.run_id}: {info.state}\n{info.url}")
@@ -194,7 +195,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from abflow.pipelines.remote import RemoteError, schedule
+    from abflow.pipelines.package import SubmissionError
+    from abflow.pipelines.remote import schedule
 
     try:
         info = schedule(
@@ -211,7 +213,7 @@ def _schedule(args: argparse.Namespace) -> int:
             token=args.token,
             namespace=args.namespace,
         )
-    except RemoteError as exc:
+    except SubmissionError as exc:
         print(f"abflow schedule: {exc}", file=sys.stderr)
         return 2
     print(

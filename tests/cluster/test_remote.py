@@ -1,7 +1,7 @@
-"""``abflow submit`` / ``abflow schedule`` logic against a KFP API over real HTTP.
+"""``abflow submit`` / ``abflow schedule`` logic: ``kfp.Client`` against a KFP API over real HTTP.
 
 Stand-in: ``tests/cluster/kfp_standin.py`` replaces the Kubeflow Pipelines API server (v2beta1 REST,
-on 127.0.0.1; it records requests and runs nothing). The pipeline is a small one compiled here with
+on 127.0.0.1; it checks every body against kfp_server_api's models, records requests, runs nothing). The pipeline is a small one compiled here with
 ``kfp.compiler``, with the parameter types the real pipeline uses and a nested (``dsl.If``) DAG.
 (No ``from __future__ import annotations`` here: KFP reads the components' annotations as types.)
 """
@@ -13,17 +13,9 @@ from typing import Any
 import pytest
 from kfp import compiler, dsl
 
-from abflow.pipelines.remote import (
-    ParameterError,
-    RemoteError,
-    load_package,
-    parse_cron,
-    parse_every,
-    parse_param,
-    schedule,
-    submit,
-    typed_params,
-)
+from abflow.pipelines.package import ParameterError, SubmissionError, load_package, parse_param, typed_params
+from abflow.pipelines.remote import schedule, submit
+from abflow.pipelines.triggers import parse_cron, parse_every
 from tests.cluster.kfp_standin import API, KfpState, kfp_standin
 
 
@@ -105,15 +97,15 @@ def test_cron_needs_six_fields_seconds_first() -> None:
     assert parse_cron("0 30 1 * * MON-FRI") == "0 30 1 * * MON-FRI"
     assert parse_cron("0 */15 * * * ?") == "0 */15 * * * ?"
     assert parse_cron("@daily") == "@daily"
-    with pytest.raises(RemoteError) as caught:
+    with pytest.raises(SubmissionError) as caught:
         parse_cron("0 2 * * *")
     assert str(caught.value) == (
         "cron needs 6 fields (seconds first): '0 0 2 * * *' = 02:00 daily; got 5 in '0 2 * * *'; "
         "did you mean '0 0 2 * * *'?"
     )
-    with pytest.raises(RemoteError, match="cron hour field '25': '25' is not in 0-23"):
+    with pytest.raises(SubmissionError, match="cron hour field '25': '25' is not in 0-23"):
         parse_cron("0 0 25 * * *")
-    with pytest.raises(RemoteError, match="use --every"):
+    with pytest.raises(SubmissionError, match="use --every"):
         parse_cron("@every 24h")
 
 
@@ -122,7 +114,7 @@ def test_every_becomes_interval_seconds() -> None:
     assert parse_every("1h30m") == 5400
     assert parse_every("2d") == 172800
     for bad in ("24", "1 day", "0m", ""):
-        with pytest.raises(RemoteError, match="--every"):
+        with pytest.raises(SubmissionError, match="--every"):
             parse_every(bad)
 
 
@@ -139,7 +131,8 @@ def test_submit_sends_typed_params_with_caching_off_and_waits(package_path: Path
     )
     assert info.state == "SUCCEEDED"
     assert info.url == f"{host}/#/runs/details/{info.run_id}"
-    assert state.calls("POST", f"{API}/experiments")[0].body == {"display_name": "abflow"}
+    # kfp.Client sends the context's namespace, empty on a single-user install.
+    assert state.calls("POST", f"{API}/experiments")[0].body == {"display_name": "abflow", "namespace": ""}
     (run,) = state.calls("POST", f"{API}/runs")
     experiment_id = next(iter(state.experiments))
     assert set(run.body) == {"display_name", "experiment_id", "pipeline_spec", "runtime_config", "service_account"}
@@ -149,7 +142,8 @@ def test_submit_sends_typed_params_with_caching_off_and_waits(package_path: Path
     assert run.body["display_name"].startswith("tiny-retrain ")
     tasks = all_tasks(run.body["pipeline_spec"])
     assert len(tasks) == 3  # retrain, the condition, report inside it
-    assert all(task["cachingOptions"]["enableCache"] is False for task in tasks)
+    # kfp.Client sends the spec through protobuf, which leaves out a false enableCache: off either way.
+    assert not any(task.get("cachingOptions", {}).get("enableCache") for task in tasks)
     assert len(state.calls("GET", f"{API}/runs/{info.run_id}")) == 2  # RUNNING, then SUCCEEDED
 
 
@@ -177,7 +171,8 @@ def test_schedule_cron_uploads_once_and_fills_in_both_ids(package_path: Path, kf
         params={"ratio_a": "0.5", "smoke_requests": "200", "dry_run": "false"},
     )
     (upload,) = state.calls("POST", f"{API}/pipelines/upload")
-    assert upload.query == {"name": "iris-nightly", "display_name": "iris-nightly"}
+    assert upload.query == {"name": "iris-nightly"}
+    assert upload.filename == "tiny-retrain.yaml"
     (version_upload,) = state.calls("POST", f"{API}/pipelines/upload_version")
     assert version_upload.query["pipelineid"] == info.pipeline_id
     assert version_upload.query["name"].startswith("iris-nightly-")
@@ -228,9 +223,9 @@ def test_schedule_every_with_catchup_and_concurrency(package_path: Path, kfp: tu
 def test_schedule_checks_everything_before_sending(package_path: Path, kfp: tuple) -> None:
     host, state = kfp
     common: dict[str, Any] = {"host": host, "experiment": "abflow", "name": "n", "params": {}}
-    with pytest.raises(RemoteError, match="exactly one of --cron"):
+    with pytest.raises(SubmissionError, match="exactly one of --cron"):
         schedule(package_path, cron="0 0 2 * * *", every="24h", **common)
-    with pytest.raises(RemoteError, match="cron needs 6 fields"):
+    with pytest.raises(SubmissionError, match="cron needs 6 fields"):
         schedule(package_path, cron="0 2 * * *", every=None, **common)
     with pytest.raises(ParameterError, match="unknown pipeline parameter 'ratioA'"):
         schedule(package_path, cron="@daily", every=None, **{**common, "params": {"ratioA": "0.5"}})
@@ -238,8 +233,23 @@ def test_schedule_checks_everything_before_sending(package_path: Path, kfp: tupl
 
 
 def test_unreachable_host_and_server_errors_say_what_to_check(package_path: Path, kfp: tuple) -> None:
-    host, _ = kfp
-    with pytest.raises(RemoteError, match="cannot reach KFP at http://127.0.0.1:9: .* check --host"):
+    host, state = kfp
+    with pytest.raises(SubmissionError, match="cannot reach KFP at http://127.0.0.1:9 to connect: .*; check --host"):
         submit(package_path, host="http://127.0.0.1:9", experiment="e", params={}, wait=False)
-    with pytest.raises(RemoteError, match="HTTP 404: no route GET /wrong-prefix/apis/v2beta1/experiments"):
-        submit(package_path, host=f"{host}/wrong-prefix", experiment="e", params={}, wait=False)
+    state.refusals[f"POST {API}/runs"] = (403, "user is not allowed to create runs in namespace kubeflow")
+    with pytest.raises(SubmissionError) as caught:
+        submit(package_path, host=host, experiment="e", params={}, wait=False)
+    assert str(caught.value) == (
+        "KFP refused to create a run: HTTP 403: user is not allowed to create runs in namespace kubeflow "
+        "(check --token / KFP_TOKEN)"
+    )
+
+
+def test_the_standin_refuses_fields_the_api_does_not_have(kfp: tuple) -> None:
+    """The check that makes the payload assertions above worth something: a misspelt field is a 400."""
+    import requests
+
+    host, _ = kfp
+    response = requests.post(f"{host}{API}/runs", json={"display_name": "r", "runtimeConfig": {}}, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["message"] == "run: unknown field 'runtimeConfig' of V2beta1Run"
