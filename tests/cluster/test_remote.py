@@ -1,8 +1,9 @@
 """``abflow submit`` / ``abflow schedule`` logic: ``kfp.Client`` against a KFP API over real HTTP.
 
 Stand-in: ``tests/cluster/kfp_standin.py`` replaces the Kubeflow Pipelines API server (v2beta1 REST,
-on 127.0.0.1; it checks every body against kfp_server_api's models, records requests, runs nothing). The pipeline is a small one compiled here with
-``kfp.compiler``, with the parameter types the real pipeline uses and a nested (``dsl.If``) DAG.
+on 127.0.0.1; it checks every body against kfp_server_api's models, records requests, runs nothing).
+The pipeline is a small one compiled here with ``kfp.compiler``, with the parameter types the real
+pipeline uses and a nested (``dsl.If``) DAG.
 (No ``from __future__ import annotations`` here: KFP reads the components' annotations as types.)
 """
 
