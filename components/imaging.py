@@ -5,6 +5,11 @@ so an unchanged model runtime gets the same tag on every run and a scheduled ret
 (or re-push) an identical image. The serving image pins scikit-learn, numpy, joblib and scipy to the
 trainer's versions because a pickled model only loads faithfully under the versions that wrote it.
 
+The components image (abflow itself, which every pipeline step runs in) is tagged
+``<abflow version>-<content hash>``: the step code KFP embeds in a compiled pipeline changes with the
+source, so a tag that stayed ``0.1.0`` would run new YAML against old code. ``image_refs`` names both
+images under one repository prefix (``REGISTRY/PATH/abflow-components:…``, ``REGISTRY/PATH/iris-server``).
+
 Builders: buildah (daemonless, works as root inside containers with vfs storage and chroot
 isolation), docker (when a daemon answers), or ``none``, which only records the context and its tag
 (the local deploy target runs the serving code in-process and needs no image). No KFP import here: the
@@ -14,6 +19,7 @@ typed component lives in ``abflow.components.steps``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import importlib.metadata
 import os
@@ -21,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,6 +62,13 @@ UNPINNED_VERSION_KEYS = frozenset({"python"})
 PACKAGE_FILE_PATTERNS = ("*.py", "*.yaml", "*.json", "*.txt", "*.html")
 COMPONENTS_PACKAGES = ("abflow", "serving", "components", "pipelines")
 COMPONENTS_TOP_FILES = ("pyproject.toml", "README.md", "LICENSE")
+# Compiled from the code and naming the components image's tag, so they cannot be part of the hash that
+# tag is made of; the steps never read them (they are for the KFP UI, load_component_from_url and the CLI).
+COMPILED_YAML = ("pipelines/iris_ab_pipeline.yaml", "components/yaml/")
+COMPONENTS_IMAGE_NAME = "abflow-components"
+SERVING_IMAGE_NAME = "iris-server"
+# A registry on the machine itself: fine for a laptop, unpullable by any cluster node.
+LOCAL_REGISTRY_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 MANIFEST_ACCEPT = ", ".join(
     (
@@ -160,8 +174,8 @@ def make_components_build_context(
 
     Compiled KFP components import ``components``/``serving`` on the cluster, so the image must hold
     abflow; ``constraints.txt`` pins abflow's direct dependencies to the versions installed here so the
-    same tag always means the same image. Needs a source checkout (``repo_root``, default: the checkout
-    this module was imported from).
+    same tag always means the same image. The tag is ``<abflow version>-<content hash>``. Needs a source
+    checkout (``repo_root``, default: the checkout this module was imported from).
     """
     root = (repo_root or Path(__file__).resolve().parents[1]).resolve()
     pyproject = root / "pyproject.toml"
@@ -175,10 +189,40 @@ def make_components_build_context(
         if (root / name).is_file():
             shutil.copyfile(root / name, dest / name)
     for package in COMPONENTS_PACKAGES:
-        _copy_package(root / package, dest / package, extra_patterns=(CONTAINERFILE,))
+        _copy_package(root / package, dest / package, extra_patterns=(CONTAINERFILE,), skip=COMPILED_YAML)
     shutil.copyfile(root / "components" / CONTAINERFILE, dest / CONTAINERFILE)
     (dest / CONSTRAINTS_FILE).write_text(_constraints_text(pyproject))
-    return _context_of(dest, base_image)
+    context = _context_of(dest, base_image)
+    return dataclasses.replace(context, tag=f"{importlib.metadata.version('abflow')}-{context.tag}")
+
+
+@dataclass(frozen=True)
+class ImageRefs:
+    """Where abflow's two images live under one repository prefix."""
+
+    components: str
+    """The components image, with its ``<version>-<content hash>`` tag."""
+    serving_repo: str
+    """The serving image's repository; the tag is the serving context's hash, added by the build."""
+
+
+def image_refs(repo: str, *, base_image: str = DEFAULT_BASE_IMAGE, repo_root: Path | None = None) -> ImageRefs:
+    """The components image and serving repository under ``repo`` (``REGISTRY/PATH``), as
+    ``abflow images push --repo`` pushes them and ``abflow compile --image-repo`` names them."""
+    _check_repo(repo)
+    with tempfile.TemporaryDirectory(prefix="abflow-components-") as folder:
+        context = make_components_build_context(Path(folder) / "ctx", base_image=base_image, repo_root=repo_root)
+    prefix = repo.rstrip("/")
+    return ImageRefs(
+        components=f"{prefix}/{COMPONENTS_IMAGE_NAME}:{context.tag}", serving_repo=f"{prefix}/{SERVING_IMAGE_NAME}"
+    )
+
+
+def is_local_registry(ref: str) -> bool:
+    """Whether ``ref`` (``host[:port]/path[:tag]``) names a registry on this machine (localhost)."""
+    first = ref.split("/", 1)[0]
+    host = first[: first.index("]") + 1] if first.startswith("[") and "]" in first else first.split(":", 1)[0]
+    return "/" in ref and host.lower() in LOCAL_REGISTRY_HOSTS
 
 
 def context_digest(path: Path, base_image: str) -> tuple[str, dict[str, str]]:
@@ -452,12 +496,15 @@ def _prepare_empty(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
 
 
-def _copy_package(source: Path, dest: Path, extra_patterns: Sequence[str] = ()) -> None:
-    """Copy a package's shippable files (sources and package data), never caches or build leftovers."""
+def _copy_package(source: Path, dest: Path, extra_patterns: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
+    """Copy a package's shippable files (sources and package data), never caches or build leftovers;
+    ``skip`` holds paths (``pkg/file`` or ``pkg/folder/``) relative to the package's parent."""
     for pattern in (*PACKAGE_FILE_PATTERNS, *extra_patterns):
         for file in source.rglob(pattern):
             relative = file.relative_to(source)
             if "__pycache__" in relative.parts or not file.is_file():
+                continue
+            if f"{source.name}/{relative.as_posix()}".startswith(tuple(skip)):
                 continue
             target = dest / relative
             target.parent.mkdir(parents=True, exist_ok=True)

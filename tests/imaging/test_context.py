@@ -12,6 +12,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from abflow.components.imaging import (
     CONSTRAINTS_FILE,
@@ -22,6 +24,8 @@ from abflow.components.imaging import (
     ImageBuildError,
     build_image,
     context_digest,
+    image_refs,
+    is_local_registry,
     make_build_context,
     make_components_build_context,
     registry_has_tag,
@@ -212,3 +216,80 @@ def test_build_failure_shows_the_tools_output_and_what_to_do(bin_dir: Path, tmp_
 
 def test_an_unreachable_registry_means_build_it() -> None:
     assert registry_has_tag(f"127.0.0.1:{free_port()}/abflow/iris-server:abc", tls_verify=False) is False
+
+
+def checkout_copy(dest: Path) -> Path:
+    """The parts of this checkout a components context is made from, to edit without touching the real one."""
+    repo = Path(__file__).resolve().parents[2]
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (repo / name).is_file():
+            shutil.copyfile(repo / name, dest / name)
+    for package in ("abflow", "serving", "components", "pipelines"):
+        shutil.copytree(repo / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def test_components_tag_is_the_package_version_and_the_code_hash(tmp_path: Path) -> None:
+    """A moving ``0.1.0`` tag would run new step code (embedded in the compiled YAML) on an old image."""
+    root = checkout_copy(tmp_path / "checkout")
+    before = make_components_build_context(tmp_path / "a", repo_root=root)
+    version, _, digest = before.tag.partition("-")
+    assert version == importlib.metadata.version("abflow")
+    assert len(digest) == 12 and int(digest, 16) >= 0
+
+    with (root / "components" / "gating.py").open("a") as handle:
+        handle.write("\n# a changed step\n")
+    after = make_components_build_context(tmp_path / "b", repo_root=root)
+    assert after.tag.startswith(f"{version}-") and after.tag != before.tag
+
+
+def test_compiled_yaml_is_not_part_of_the_components_hash(tmp_path: Path) -> None:
+    """The compiled pipeline names the components tag, so the tag cannot depend on it."""
+    root = checkout_copy(tmp_path / "checkout")
+    before = make_components_build_context(tmp_path / "a", repo_root=root)
+    for compiled in (root / "pipelines" / "iris_ab_pipeline.yaml", *sorted((root / "components" / "yaml").glob("*"))):
+        compiled.write_text(compiled.read_text() + "# recompiled for another registry\n")
+    after = make_components_build_context(tmp_path / "b", repo_root=root)
+    assert after.tag == before.tag
+    assert not any(name.endswith(".yaml") for name in after.digest_inputs)
+
+
+def test_image_refs_name_both_images_under_one_repo() -> None:
+    refs = image_refs("registry.example.com/ml/")
+    assert refs.serving_repo == "registry.example.com/ml/iris-server"
+    repository, _, tag = refs.components.rpartition(":")
+    assert repository == "registry.example.com/ml/abflow-components"
+    assert tag.startswith(importlib.metadata.version("abflow") + "-")
+    with pytest.raises(ValueError, match="without tag or digest"):
+        image_refs("registry.example.com/ml:latest")
+
+
+@pytest.mark.parametrize(
+    ("ref", "local"),
+    [
+        ("localhost:5000/abflow/components:1", True),
+        ("localhost/abflow", True),
+        ("127.0.0.1:5000/x", True),
+        ("[::1]:5000/x:tag", True),
+        ("LOCALHOST:5000/x", True),
+        ("registry.example.com/ml/iris", False),
+        ("localhost.example.com/ml/iris", False),
+        ("iris-server:1", False),
+        ("library/python:3.11", False),
+    ],
+)
+def test_local_registries_are_recognised(ref: str, local: bool) -> None:
+    assert is_local_registry(ref) is local
+
+
+@given(
+    host=st.sampled_from(["localhost", "127.0.0.1", "[::1]"]),
+    port=st.one_of(st.none(), st.integers(1, 65535)),
+    path=st.from_regex(r"[a-z0-9]+(/[a-z0-9-]+){0,3}", fullmatch=True),
+    tag=st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9_.-]{1,20}", fullmatch=True)),
+)
+def test_any_reference_to_this_machine_is_local(host: str, port: int | None, path: str, tag: str | None) -> None:
+    ref = f"{host}{f':{port}' if port else ''}/{path}{f':{tag}' if tag else ''}"
+    assert is_local_registry(ref)
+    assert not is_local_registry(f"registry.{host.strip('[]').replace(':', '')}.example.com/{path}")
