@@ -29,17 +29,14 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast, get_args
 
-import requests
-from urllib3.exceptions import InsecureRequestWarning
-
 import abflow
 import abflow.serving
+from abflow.components.oci_registry import registry_has_tag
 
 Builder = Literal["auto", "buildah", "docker", "none"]
 ResolvedBuilder = Literal["buildah", "docker", "none"]
@@ -70,14 +67,6 @@ SERVING_IMAGE_NAME = "iris-server"
 # A registry on the machine itself: fine for a laptop, unpullable by any cluster node.
 LOCAL_REGISTRY_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
-MANIFEST_ACCEPT = ", ".join(
-    (
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    )
-)
 LOG_TAIL_LINES = 40
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 _DISTRIBUTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -311,43 +300,6 @@ def build_image(
     if push:
         _run(publish, what=f"pushing {ref}")
     return result(pushed=push, skipped=False)
-
-
-def registry_has_tag(ref: str, *, tls_verify: bool = True, timeout: float = 10.0) -> bool:
-    """Whether the registry serves a manifest for ``ref`` (``host/repo:tag``), via ``HEAD /v2/…``.
-
-    Answers False when the registry cannot tell us (unreachable, or it wants credentials): building
-    again is safe, and the push that follows reports the real problem with its own message.
-    """
-    host, repository, tag = _split_ref(ref)
-    schemes = ("https",) if tls_verify else ("https", "http")
-    problems = []
-    for scheme in schemes:
-        url = f"{scheme}://{host}/v2/{repository}/manifests/{tag}"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", InsecureRequestWarning)  # tls_verify=False was asked for
-                response = requests.head(
-                    url, headers={"Accept": MANIFEST_ACCEPT}, timeout=timeout, verify=tls_verify, allow_redirects=True
-                )
-        except requests.RequestException as error:
-            problems.append(f"{scheme}: {error}")
-            continue
-        if response.status_code not in (200, 404):
-            _say(f"cannot tell whether {ref} exists (the registry answered HTTP {response.status_code}); building it")
-        return bool(response.status_code == 200)
-    _say(f"cannot reach the registry {host} to check for {ref} ({'; '.join(problems)}); building it")
-    return False
-
-
-def _split_ref(ref: str) -> tuple[str, str, str]:
-    """``host[:port]/path:tag`` → (host, path, tag), with Docker Hub's implicit host and ``library/``."""
-    name, _, tag = ref.rpartition(":")
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first, rest, tag
-    repository = name if "/" in name else f"library/{name}"
-    return "registry-1.docker.io", repository, tag
 
 
 def _check_repo(image_repo: str) -> None:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from kfp import dsl
 
-from abflow.components.imaging import BuildContext, registry_has_tag
+from abflow.components.imaging import BuildContext
+from abflow.components.oci_registry import registry_has_tag
 from abflow.serving.store import open_store
 
 KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"

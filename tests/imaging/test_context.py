@@ -28,10 +28,10 @@ from abflow.components.imaging import (
     is_local_registry,
     make_build_context,
     make_components_build_context,
-    registry_has_tag,
     requirements_text,
     resolve_builder,
 )
+from abflow.components.oci_registry import registry_has_tag
 from tests.fixtures.processes import free_port
 
 REPO = "registry.example.com/ml/iris-server"
