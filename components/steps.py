@@ -13,23 +13,30 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, ClassificationMetrics, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 DEFAULT_COMPONENTS_IMAGE = "localhost:5000/abflow/components:0.1.0"
 
 
 def train(
+    data_uri: str,
+    feature_columns: str,
+    label_column: str,
     c: float,
     max_iter: int,
     test_size: float,
     seed: int,
     model: Output[Model],
+    holdout: Output[Dataset],
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
 ) -> NamedTuple("TrainOutputs", [("accuracy", float), ("summary", str)]):  # type: ignore[valid-type]
     """Train the iris classifier (LogisticRegression in a Pipeline) on a stratified split.
 
     Args:
+        data_uri: ``iris`` (scikit-learn's bundled data) or a CSV: a path, ``file://`` or ``gs://`` URI.
+        feature_columns: The CSV's four measurement columns, comma-separated (case-insensitive).
+        label_column: The CSV's class column: class names (``Iris-setosa``, ``setosa``) or 0-2.
         c: Inverse regularisation strength of LogisticRegression.
         max_iter: Solver iteration limit.
         test_size: Share of the data held out for the metrics, in (0, 1).
@@ -42,46 +49,62 @@ def train(
     import json
 
     from abflow.components import steplog
+    from abflow.components.datasets import to_csv
     from abflow.components.training import train_iris, train_summary
 
-    result = train_iris(c=c, max_iter=max_iter, test_size=test_size, seed=seed)
+    result = train_iris(c=c, max_iter=max_iter, test_size=test_size, seed=seed, data_uri=data_uri,
+                        feature_columns=feature_columns, label_column=label_column)
     with open(model.path, "wb") as handle:
         handle.write(result.model_bytes)
-    model.metadata.update({"framework": "scikit-learn", "file": "model.joblib"})
+    model.metadata.update({"framework": "scikit-learn", "file": "model.joblib", "sha256": result.sha256})
+    assert result.holdout is not None, "train_iris always returns its held-out rows"
+    with open(holdout.path, "w", encoding="utf-8") as handle:
+        handle.write(to_csv(result.holdout))
+    holdout.metadata.update({"rows": len(result.holdout.labels), "data_fingerprint": result.data_fingerprint})
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     confusion_matrix.log_confusion_matrix(list(result.class_names), result.confusion_matrix)
-    steplog.finish(f"trained, accuracy {result.metrics['accuracy']:.3f}")
+    steplog.finish(f"trained on {data_uri}, accuracy {result.metrics['accuracy']:.3f}")
     return (result.metrics["accuracy"], json.dumps(train_summary(result)))
 
 
 def gate(
+    model: Input[Model],
+    holdout: Input[Dataset],
     summary: str,
     artifact_root: str,
     model_name: str,
     min_accuracy: float,
     max_regression: float,
     decision: Output[Metrics],
-) -> None:
+) -> bool:
     """Stop the run unless the new model clears ``min_accuracy`` and is no worse than the current
-    champion by more than ``max_regression`` (accuracy points). The failure names the number that
-    missed."""
+    champion by more than ``max_regression`` (accuracy points), both scored on the new model's
+    held-out rows. The failure names the number that missed.
+
+    Returns:
+        Whether there is a new model to test: False when it is byte for byte the champion, so the run
+        stores and deploys nothing and ends successfully. (A single output on purpose: KFP's local
+        runner resolves a condition on a step's ``Output``, not on a named output, outside a branch.)
+    """
     import json
 
     from abflow.components import steplog
-    from abflow.components.gating import check_gate
-    from abflow.components.registry import read_champion
+    from abflow.components.datasets import DEFAULT_FEATURE_COLUMNS, DEFAULT_LABEL_COLUMN, parse_csv
+    from abflow.components.gating import gate_challenger
 
-    champion = read_champion(artifact_root, model_name)
-    result = check_gate(
-        json.loads(summary)["metrics"],
-        min_accuracy=min_accuracy,
-        champion_metrics=champion.metrics if champion else None,
-        max_regression=max_regression,
-    )
+    with open(model.path, "rb") as handle:
+        model_bytes = handle.read()
+    with open(holdout.path, encoding="utf-8") as handle:
+        rows = parse_csv(handle.read(), feature_columns=DEFAULT_FEATURE_COLUMNS.split(","),
+                         label_column=DEFAULT_LABEL_COLUMN, where="the held-out rows")
+    result = gate_challenger(model_bytes=model_bytes, metrics=json.loads(summary)["metrics"], holdout=rows,
+                             artifact_root=artifact_root, model_name=model_name, min_accuracy=min_accuracy,
+                             max_regression=max_regression)
     for name, value in result.as_metrics().items():
         decision.log_metric(name, value)
-    steplog.finish(f"gate passed ({result.describe()})")
+    steplog.finish(f"gate passed ({result.describe()})" if result.new_model else result.describe())
+    return result.new_model
 
 
 def store(

@@ -12,15 +12,29 @@ import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from abflow.components.datasets import (
+    BUNDLED_IRIS,
+    DEFAULT_FEATURE_COLUMNS,
+    DEFAULT_LABEL_COLUMN,
+    DataError,
+    LabelledRows,
+    load_labelled_rows,
+)
 from abflow.serving.artifact import DEFAULT_CLASS_NAMES, sha256_of
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """A trained model and everything the store records next to it."""
+    """A trained model and everything the store records next to it.
+
+    ``holdout`` is the held-out split the metrics were measured on; the gate scores the champion on
+    the same rows. It travels as its own artifact and is not part of what the store records, so it
+    is left out of equality (a ``TrainResult`` rebuilt from the store's summary has none)."""
 
     model_bytes: bytes
     metrics: dict[str, float]
@@ -28,38 +42,43 @@ class TrainResult:
     class_names: list[str]
     params: dict[str, Any]
     data_fingerprint: str
+    holdout: LabelledRows | None = field(default=None, compare=False, repr=False)
 
     @property
     def sha256(self) -> str:
         return sha256_of(self.model_bytes)
 
 
-def train_iris(c: float = 1.0, max_iter: int = 200, test_size: float = 0.25, seed: int = 42) -> TrainResult:
-    """Fit on a stratified split of sklearn's bundled iris data and score on the held-out part.
+def train_iris(c: float = 1.0, max_iter: int = 200, test_size: float = 0.25, seed: int = 42, *,
+               data_uri: str = BUNDLED_IRIS, feature_columns: str = DEFAULT_FEATURE_COLUMNS,
+               label_column: str = DEFAULT_LABEL_COLUMN) -> TrainResult:
+    """Fit on a stratified split of the labelled rows at ``data_uri`` (sklearn's bundled iris by
+    default, or a CSV) and score on the held-out part.
 
-    The same arguments give the same model bytes and metrics, so a rerun is reproducible and the
-    data fingerprint tells whether two models saw the same training data."""
+    The same arguments on the same data give the same model bytes and metrics, so a rerun is
+    reproducible and the data fingerprint tells whether two models saw the same training data."""
+    validate_params(c=c, max_iter=max_iter, test_size=test_size, seed=seed)
+    rows = load_labelled_rows(data_uri, feature_columns=feature_columns, label_column=label_column)
+    return train_on(rows, c=c, max_iter=max_iter, test_size=test_size, seed=seed)
+
+
+def train_on(rows: LabelledRows, *, c: float, max_iter: int, test_size: float, seed: int) -> TrainResult:
+    """``train_iris`` on rows already loaded."""
     import joblib
-    import numpy as np
-    from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    iris = load_iris()
-    features, labels = np.ascontiguousarray(iris.data), np.ascontiguousarray(iris.target)
-    class_names = [f"iris-{name}" for name in iris.target_names]
-    if tuple(class_names) != DEFAULT_CLASS_NAMES:
-        raise RuntimeError(f"sklearn's iris classes {class_names} differ from {list(DEFAULT_CLASS_NAMES)}")
-    validate_params(c=c, max_iter=max_iter, test_size=test_size, seed=seed,
-                    n_samples=len(labels), n_classes=len(class_names))
+    class_names = list(DEFAULT_CLASS_NAMES)
+    validate_params(c=c, max_iter=max_iter, test_size=test_size, seed=seed)
+    validate_split(rows, test_size=test_size)
     params: dict[str, Any] = {"c": float(c), "max_iter": int(max_iter), "test_size": float(test_size),
                               "seed": int(seed)}
 
     x_train, x_test, y_train, y_test = train_test_split(
-        features, labels, test_size=test_size, random_state=seed, stratify=labels
+        rows.features, rows.labels, test_size=test_size, random_state=seed, stratify=rows.labels
     )
     model = Pipeline([
         ("scaler", StandardScaler()),
@@ -83,13 +102,12 @@ def train_iris(c: float = 1.0, max_iter: int = 200, test_size: float = 0.25, see
         confusion_matrix=[[int(cell) for cell in row] for row in matrix],
         class_names=class_names,
         params=params,
-        data_fingerprint=data_fingerprint(features.tobytes(), labels.tobytes(), test_size=test_size,
-                                          seed=seed),
+        data_fingerprint=data_fingerprint(rows, test_size=test_size, seed=seed),
+        holdout=LabelledRows(x_test, y_test, f"the held-out {test_size:g} of {rows.source}"),
     )
 
 
-def validate_params(*, c: float, max_iter: int, test_size: float, seed: int, n_samples: int,
-                    n_classes: int) -> None:
+def validate_params(*, c: float, max_iter: int, test_size: float, seed: int) -> None:
     """Refuse parameters sklearn would reject deep inside ``fit`` (or silently accept badly), with a
     message that names the parameter, the value and the allowed range."""
     if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or c <= 0:
@@ -100,6 +118,17 @@ def validate_params(*, c: float, max_iter: int, test_size: float, seed: int, n_s
         raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+
+
+def validate_split(rows: LabelledRows, *, test_size: float) -> None:
+    """Refuse data a stratified split cannot divide so that both sides hold every class: the served
+    model must predict every class its metadata names, and the gate must score each."""
+    n_classes, n_samples = len(DEFAULT_CLASS_NAMES), len(rows.labels)
+    counts = np.bincount(rows.labels, minlength=n_classes)
+    for index, count in enumerate(counts):
+        if count < 2:
+            raise DataError(f"{rows.source} has {count} rows of {DEFAULT_CLASS_NAMES[index]}: every class needs "
+                            "at least 2 (one to train on, one to score)")
     n_test = math.ceil(test_size * n_samples)
     if n_test < n_classes or n_samples - n_test < n_classes:
         raise ValueError(
@@ -108,15 +137,11 @@ def validate_params(*, c: float, max_iter: int, test_size: float, seed: int, n_s
         )
 
 
-def data_fingerprint(features: bytes, labels: bytes, *, test_size: float, seed: int) -> str:
-    """sha256 over the training data and the split that was taken from it: two models with the same
+def data_fingerprint(rows: LabelledRows, *, test_size: float, seed: int) -> str:
+    """sha256 over the rows' own fingerprint and the split taken from them: two models with the same
     fingerprint were trained and scored on exactly the same rows."""
-    digest = hashlib.sha256()
-    for part in (features, labels, json.dumps({"test_size": test_size, "seed": seed, "stratify": True},
-                                               sort_keys=True).encode()):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.hexdigest()
+    split = json.dumps({"test_size": test_size, "seed": seed, "stratify": True}, sort_keys=True)
+    return hashlib.sha256(f"{rows.fingerprint()}\n{split}".encode()).hexdigest()
 
 
 def train_summary(result: TrainResult) -> dict[str, Any]:

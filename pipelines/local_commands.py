@@ -24,6 +24,9 @@ TUTORIAL_PAYLOAD = {
 }
 
 PARAMETER_HELP = {
+    "data_uri": "training data: iris (scikit-learn's bundled copy) or a CSV path, file:// or gs:// URI",
+    "feature_columns": "the CSV's four measurement columns, comma-separated, matched case-insensitively",
+    "label_column": "the CSV's class column: iris-setosa/setosa/0 style labels",
     "ratio_a": "share of requests routed to arm A, the champion (0..1)",
     "min_accuracy": "the gate: never deploy a model whose held-out accuracy is below this",
     "max_regression": "the gate: never deploy a model this much less accurate than the champion",

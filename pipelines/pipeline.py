@@ -10,13 +10,58 @@ from typing import Any
 
 from kfp import dsl
 
+from abflow.components.datasets import BUNDLED_IRIS, DEFAULT_FEATURE_COLUMNS, DEFAULT_LABEL_COLUMN
 from abflow.components.kaniko import kaniko_build
-from abflow.components.steps import DEFAULT_COMPONENTS_IMAGE, make_components
+from abflow.components.steps import DEFAULT_COMPONENTS_IMAGE, Components, make_components
 
 PIPELINE_NAME = "iris-ab"
 STEP_NAMES = ("train", "gate", "store", "build-image", "skip-image-build", "deploy-ab", "smoke-test", "promote")
 """The steps a run executes when kaniko has nothing to build (every local run); a kaniko build runs
 ``kaniko-build`` in place of ``skip-image-build``."""
+
+
+def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any]:
+    """Store the new model, build its image, deploy it as arm B, smoke-test and promote: the half of the
+    DAG that runs only when there is a new model to test. Returns its tasks."""
+    stored = steps.store(
+        model=trained.outputs["model"],
+        summary=trained.outputs["summary"],
+        artifact_root=params["artifact_root"],
+        model_name=params["model_name"],
+        run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    )
+    image = steps.build_image(builder=params["builder"], image_repo=params["image_repo"],
+                              base_image=params["base_image"], artifact_root=params["artifact_root"])
+    with dsl.If(image.outputs["kaniko_needed"] == True, name="kaniko-build-needed"):  # noqa: E712 - a KFP condition
+        kaniko = kaniko_build(context_uri=image.outputs["context_uri"], image=image.outputs["image_ref"])
+    with dsl.Else(name="no-kaniko-build"):
+        skipped = steps.skip_image_build(image_ref=image.outputs["image_ref"])
+    deployed = steps.deploy_ab(
+        target=params["target"],
+        model_a_uri=stored.outputs["model_a_uri"],
+        model_b_uri=stored.outputs["model_b_uri"],
+        ratio_a=params["ratio_a"],
+        image_ref=image.outputs["image_ref"],
+        image_digest=dsl.OneOf(kaniko.outputs["digest"], skipped.output),
+        namespace=params["namespace"],
+        deployment_name=params["deployment_name"],
+        local_state_dir=params["local_state_dir"],
+        local_port=params["local_port"],
+    )
+    smoked = steps.smoke_test(
+        endpoint=deployed.outputs["endpoint"],
+        record=deployed.outputs["record"],
+        ratio_a=params["ratio_a"],
+        requests=params["smoke_requests"],
+        p99_budget_ms=params["p99_budget_ms"],
+    )
+    promoted = steps.promote(
+        artifact_root=params["artifact_root"],
+        model_name=params["model_name"],
+        version=stored.outputs["version"],
+        run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    ).after(smoked)
+    return [stored, image, kaniko, skipped, deployed, smoked, promoted]
 
 
 def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
@@ -32,6 +77,9 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
         ),
     )
     def iris_ab(
+        data_uri: str = BUNDLED_IRIS,
+        feature_columns: str = DEFAULT_FEATURE_COLUMNS,
+        label_column: str = DEFAULT_LABEL_COLUMN,
         ratio_a: float = 0.5,
         min_accuracy: float = 0.9,
         max_regression: float = 0.02,
@@ -51,59 +99,42 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
         local_port: int = 8000,
         smoke_requests: int = 200,
         p99_budget_ms: float = 500.0,
-    ) -> str:
-        trained = steps.train(c=c, max_iter=max_iter, test_size=test_size, seed=seed)
+    ) -> None:
+        trained = steps.train(data_uri=data_uri, feature_columns=feature_columns, label_column=label_column,
+                              c=c, max_iter=max_iter, test_size=test_size, seed=seed)
         gated = steps.gate(
+            model=trained.outputs["model"],
+            holdout=trained.outputs["holdout"],
             summary=trained.outputs["summary"],
             artifact_root=artifact_root,
             model_name=model_name,
             min_accuracy=min_accuracy,
             max_regression=max_regression,
         )
-        stored = steps.store(
-            model=trained.outputs["model"],
-            summary=trained.outputs["summary"],
-            artifact_root=artifact_root,
-            model_name=model_name,
-            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        ).after(gated)
-        image = steps.build_image(
-            builder=builder, image_repo=image_repo, base_image=base_image, artifact_root=artifact_root
-        ).after(gated)
-        with dsl.If(image.outputs["kaniko_needed"] == True, name="kaniko-build-needed"):  # noqa: E712 - a KFP condition
-            kaniko = kaniko_build(context_uri=image.outputs["context_uri"], image=image.outputs["image_ref"])
-        with dsl.Else(name="no-kaniko-build"):
-            skipped = steps.skip_image_build(image_ref=image.outputs["image_ref"])
-        deployed = steps.deploy_ab(
-            target=target,
-            model_a_uri=stored.outputs["model_a_uri"],
-            model_b_uri=stored.outputs["model_b_uri"],
-            ratio_a=ratio_a,
-            image_ref=image.outputs["image_ref"],
-            image_digest=dsl.OneOf(kaniko.outputs["digest"], skipped.output),
-            namespace=namespace,
-            deployment_name=deployment_name,
-            local_state_dir=local_state_dir,
-            local_port=local_port,
-        )
-        smoked = steps.smoke_test(
-            endpoint=deployed.outputs["endpoint"],
-            record=deployed.outputs["record"],
-            ratio_a=ratio_a,
-            requests=smoke_requests,
-            p99_budget_ms=p99_budget_ms,
-        )
-        promoted = steps.promote(
-            artifact_root=artifact_root,
-            model_name=model_name,
-            version=stored.outputs["version"],
-            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        ).after(smoked)
-        for task in (trained, gated, stored, image, kaniko, skipped, deployed, smoked, promoted):
+        tasks = [trained, gated]
+        with dsl.If(gated.outputs["Output"] == True, name="new-model-to-test"):  # noqa: E712 - a KFP condition
+            tasks += deploy_new_model(
+                steps,
+                trained,
+                artifact_root=artifact_root,
+                model_name=model_name,
+                ratio_a=ratio_a,
+                image_repo=image_repo,
+                base_image=base_image,
+                builder=builder,
+                target=target,
+                namespace=namespace,
+                deployment_name=deployment_name,
+                local_state_dir=local_state_dir,
+                local_port=local_port,
+                smoke_requests=smoke_requests,
+                p99_budget_ms=p99_budget_ms,
+            )
+        for task in tasks:
             task.set_caching_options(False)
-        return deployed.outputs["endpoint"]  # type: ignore[no-any-return]
 
     return iris_ab
 
 
 iris_ab_pipeline = build_pipeline()
+

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
 
+from abflow.components.datasets import DataError, load_labelled_rows
 from abflow.components.training import TrainResult, train_iris, train_result_from, train_summary
 from abflow.serving.artifact import DEFAULT_CLASS_NAMES
 
@@ -73,3 +75,32 @@ def test_summary_round_trips_through_json(trained: TrainResult) -> None:
 def test_bad_parameters_are_named(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         train_iris(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_csv_trains_and_its_fingerprint_differs(tmp_path: Path, trained: TrainResult) -> None:
+    rows = load_labelled_rows()
+    lines = ["sepallengthcm,sepalwidthcm,petallengthcm,petalwidthcm,species"]
+    lines += [",".join([*map(repr, f), str(label)]) for f, label in zip(rows.features.tolist(),
+                                                                          rows.labels.tolist(), strict=True)]
+    (tmp_path / "all.csv").write_text("\n".join(lines))
+    (tmp_path / "most.csv").write_text("\n".join(lines[:-10]))
+    same = train_iris(data_uri=str(tmp_path / "all.csv"))
+    assert same.model_bytes == trained.model_bytes, "the same rows from a CSV train the same model"
+    assert same.data_fingerprint == trained.data_fingerprint
+    fewer = train_iris(data_uri=str(tmp_path / "most.csv"))
+    assert fewer.data_fingerprint != trained.data_fingerprint
+    assert fewer.holdout is not None and len(fewer.holdout.labels) == 35
+
+
+def test_the_held_out_rows_are_the_scored_rows(trained: TrainResult) -> None:
+    assert trained.holdout is not None
+    model = joblib.load(io.BytesIO(trained.model_bytes))
+    accuracy = float((model.predict(trained.holdout.features) == trained.holdout.labels).mean())
+    assert accuracy == trained.metrics["accuracy"]
+
+
+def test_data_missing_a_class_is_refused_naming_it(tmp_path: Path) -> None:
+    csv_text = "a,b,c,d,species\n" + "\n".join(f"{i},1,1,1,{'setosa' if i % 2 else 'versicolor'}" for i in range(20))
+    (tmp_path / "two.csv").write_text(csv_text)
+    with pytest.raises(DataError, match="has 0 rows of iris-virginica: every class needs at least 2"):
+        train_iris(data_uri=str(tmp_path / "two.csv"), feature_columns="a,b,c,d")

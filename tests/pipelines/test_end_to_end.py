@@ -63,7 +63,12 @@ def test_two_runs_make_a_champion_and_a_failed_smoke_rolls_back(project: LocalPr
     assert first_release is not None
     assert first_release.model_a_uri == first_release.model_b_uri == champion.model_uri
 
-    failed = project.run("--p99-budget-ms", "0.001")
+    same = project.run()
+    assert same.returncode == 0, same.stderr
+    assert "nothing new to test" in same.stderr and "deploy-ab" not in same.stderr
+    assert current_deployment(project.data) == first_release, "the same model is not deployed again"
+
+    failed = project.run("--seed", "7", "--p99-budget-ms", "0.001")
     assert failed.returncode == 1
     assert "step 'smoke-test' failed" in failed.stderr and "p99" in failed.stderr
     restored = current_deployment(project.data)
@@ -71,7 +76,7 @@ def test_two_runs_make_a_champion_and_a_failed_smoke_rolls_back(project: LocalPr
     project.predict()
     assert read_champion(str(project.data), "iris") == champion, "a failed run must not promote"
 
-    second = project.run()
+    second = project.run("--seed", "7")
     assert second.returncode == 0, second.stderr
     release = current_deployment(project.data)
     assert release is not None
