@@ -7,14 +7,21 @@ executor in its own pod. Kaniko reads its context from object storage, hence two
   ``abflow.components.imaging.make_build_context`` into a byte-for-byte reproducible ``context.tar.gz`` and
   writes it to ``<artifact root>/build-contexts/<tag>/`` through ``abflow.serving.store`` — the tag is the
   context's content hash, so an unchanged context is neither re-packed differently nor re-uploaded.
-* ``kaniko_build`` (a KFP container component): runs ``gcr.io/kaniko-project/executor`` with
+* ``kaniko_build`` (a KFP container component): runs kaniko's executor with
   ``--context gs://…/context.tar.gz --destination IMAGE:TAG --cache=true`` and outputs the pushed
   digest. Skipping the build when ``IMAGE:TAG`` already exists is the pipeline's job
-  (``abflow.components.imaging.registry_has_tag`` in a ``dsl.If``): the executor image has no shell to
-  check with.
+  (``abflow.components.oci_registry.registry_has_tag`` in the step before, with a ``dsl.If``).
 
-Kaniko pushes with the credentials in ``/kaniko/.docker/config.json`` (mount a registry secret there,
-or use Workload Identity on GKE) and reads ``gs://`` with the pod's Google credentials.
+Google archived kaniko (GoogleContainerTools/kaniko) in June 2025. Of its successors, the
+osscontainertools fork is the drop-in one: the same ``/kaniko/executor`` and flags, maintained
+dependencies, and public images (``ghcr.io/osscontainertools/kaniko``). Chainguard's fork publishes
+images to its customers only; BuildKit rootless needs the pod's seccomp and AppArmor profiles
+unconfined (a KFP step cannot set them) and cannot read a ``gs://`` context.
+
+Kaniko pushes with the credentials in ``/kaniko/.docker/config.json``: ``use_registry_secret`` mounts
+a named Secret's ``config.json`` there (on the kaniko step, and on the step that asks the registry
+whether the tag exists, via ``DOCKER_CONFIG``). The Secret is optional, so Workload Identity on GKE
+works without one; ``gs://`` is read with the pod's Google credentials.
 """
 
 import gzip
@@ -23,14 +30,19 @@ import io
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from abflow.components.imaging import BuildContext
 from abflow.components.oci_registry import registry_has_tag
 from abflow.serving.store import open_store
 
-KANIKO_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2"
+# Pinned by tag: no registry can be reached from where this was written to confirm a digest (see
+# docs/cluster.md for the digest published for this tag and how to check it before pinning it).
+KANIKO_IMAGE = "ghcr.io/osscontainertools/kaniko:v1.28.2-alpine"
+REGISTRY_CONFIG_DIR = "/kaniko/.docker"
+DEFAULT_REGISTRY_SECRET = "abflow-registry"
 CONTEXT_ARCHIVE = "context.tar.gz"
 CONTEXT_PREFIX = "build-contexts"
 DOCKERFILE = "Containerfile"
@@ -134,3 +146,16 @@ def kaniko_build(context_uri: str, image: str, digest: dsl.OutputPath(str)):  # 
             digest,
         ],
     )
+
+
+def use_registry_secret(task: dsl.PipelineTask, secret_name: str | Any) -> dsl.PipelineTask:
+    """Mount the Secret ``secret_name`` (a name or a pipeline parameter) at ``/kaniko/.docker``, where
+    kaniko reads ``config.json``, and point ``DOCKER_CONFIG`` there for abflow's registry probe.
+
+    Create it from a Docker config: ``kubectl create secret generic abflow-registry
+    --from-file=config.json=$HOME/.docker/config.json``. Optional: without it the pod starts anyway
+    (Workload Identity, or a registry that takes anonymous pushes).
+    """
+    kubernetes.use_secret_as_volume(task, secret_name=secret_name, mount_path=REGISTRY_CONFIG_DIR, optional=True)
+    task.set_env_variable("DOCKER_CONFIG", REGISTRY_CONFIG_DIR)
+    return task

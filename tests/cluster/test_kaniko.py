@@ -19,7 +19,13 @@ from kfp import compiler, dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from abflow.components.imaging import BuildContext, make_build_context
-from abflow.components.kaniko import KANIKO_IMAGE, kaniko_build, pack_build_context, upload_build_context
+from abflow.components.kaniko import (
+    KANIKO_IMAGE,
+    kaniko_build,
+    pack_build_context,
+    upload_build_context,
+    use_registry_secret,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +66,38 @@ def test_a_pipeline_using_it_is_valid_ir(tmp_path: Path) -> None:
     compiler.Compiler().compile(build, str(path))
     parsed = json_format.ParseDict(yaml.safe_load(path.read_text()), pipeline_spec_pb2.PipelineSpec())
     assert parsed.root.dag.tasks["kaniko-build"].component_ref.name == "comp-kaniko-build"
+
+
+def test_push_credentials_come_from_a_named_secret(tmp_path: Path) -> None:
+    """Kaniko pushes with /kaniko/.docker/config.json; the probe step reads the same file via DOCKER_CONFIG."""
+
+    @dsl.component(base_image="python:3.11-slim")
+    def probe(image: str) -> str:
+        return image
+
+    @dsl.pipeline(name="build-with-credentials")
+    def build(context_uri: str, image: str, registry_secret: str = "abflow-registry") -> str:
+        probed = use_registry_secret(probe(image=image), registry_secret)
+        built = use_registry_secret(kaniko_build(context_uri=context_uri, image=probed.output), registry_secret)
+        return built.outputs["digest"]
+
+    path = tmp_path / "build.yaml"
+    compiler.Compiler().compile(build, str(path))
+    pipeline_spec, platform = yaml.safe_load_all(path.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-kaniko-build", "exec-probe"):
+        (volume,) = executors[name]["secretAsVolume"]
+        assert volume["mountPath"] == "/kaniko/.docker"
+        assert volume["optional"] is True
+        assert volume["secretNameParameter"] == {"componentInputParameter": "registry_secret"}
+        container = pipeline_spec["deploymentSpec"]["executors"][name]["container"]
+        assert {"name": "DOCKER_CONFIG", "value": "/kaniko/.docker"} in container["env"]
+
+
+def test_the_executor_is_a_maintained_kaniko() -> None:
+    """GoogleContainerTools/kaniko is archived (June 2025): its images get no fixes any more."""
+    assert KANIKO_IMAGE.startswith("ghcr.io/osscontainertools/kaniko:v")
+    assert "gcr.io/kaniko-project" not in KANIKO_IMAGE
 
 
 def test_packing_is_reproducible_and_keeps_only_the_context(context: BuildContext) -> None:
