@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from abflow.components.imaging import BuildContext
 from abflow.components.oci_registry import registry_has_tag
@@ -156,6 +156,8 @@ def use_registry_secret(task: dsl.PipelineTask, secret_name: str | Any) -> dsl.P
     --from-file=config.json=$HOME/.docker/config.json``. Optional: without it the pod starts anyway
     (Workload Identity, or a registry that takes anonymous pushes).
     """
+    from kfp import kubernetes  # kfp-kubernetes: imported here, so only a pipeline that mounts the Secret needs it
+
     kubernetes.use_secret_as_volume(task, secret_name=secret_name, mount_path=REGISTRY_CONFIG_DIR, optional=True)
     task.set_env_variable("DOCKER_CONFIG", REGISTRY_CONFIG_DIR)
     return task
