@@ -1,8 +1,11 @@
-"""``abflow render``, ``abflow submit`` and ``abflow schedule``: the cluster half of the command line.
+"""``abflow images``, ``render``, ``submit`` and ``schedule``: the cluster half of the command line.
 
+``images`` builds (and pushes) the components and serving images under one repository prefix;
 ``render`` prints exactly what the ``seldon`` deploy target applies (for review or GitOps);
-``submit``/``schedule`` start the compiled pipeline on Kubeflow Pipelines. Flags fall back to the
-environment variables KFP's own tools read (``KF_PIPELINES_ENDPOINT``), so one shell setup serves both.
+``submit``/``schedule`` start the pipeline on Kubeflow Pipelines — compiled for ``--image-repo`` —
+after refusing parameters that could only fail later on a cluster (``abflow.pipelines.cluster_checks``).
+Flags fall back to the environment variables KFP's own tools read (``KF_PIPELINES_ENDPOINT``), so one
+shell setup serves both.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +26,38 @@ TOKEN_ENV = "KFP_TOKEN"
 
 
 def add_commands(subparsers: Any) -> None:
+    _add_images(subparsers)
     _add_render(subparsers)
     _add_submit(subparsers)
     _add_schedule(subparsers)
+
+
+def _add_images(subparsers: Any) -> None:
+    images = subparsers.add_parser(
+        "images",
+        help="build (and push) the components and serving images",
+        description=(
+            "Build abflow's two images under one repository prefix: REPO/abflow-components:<version>-<hash>, "
+            "which every pipeline step runs in, and REPO/iris-server:<hash>, which each A/B arm runs. "
+            "Tags are content hashes: an unchanged image is not rebuilt or pushed again."
+        ),
+        epilog=(
+            "examples:\n"
+            "  abflow images push --repo europe-docker.pkg.dev/my-project/abflow\n"
+            "  abflow images build --repo registry.example.com/ml --builder docker"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    images.add_argument("action", choices=["build", "push"], help="build only, or build and push")
+    images.add_argument("--repo", required=True, metavar="REGISTRY/PATH", help="repository prefix of both images")
+    images.add_argument(
+        "--builder", choices=["auto", "buildah", "docker"], default="auto", help="image builder (default: auto)"
+    )
+    images.add_argument("--base-image", default="python:3.11-slim", help="Python base image (default: %(default)s)")
+    images.add_argument(
+        "--insecure", action="store_true", help="registry on plain HTTP or with a self-signed certificate"
+    )
+    images.set_defaults(handler=_images)
 
 
 def _add_render(subparsers: Any) -> None:
@@ -91,6 +126,12 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--service-account", help="Kubernetes service account the run's pods use (e.g. abflow-pipeline-runner)"
+    )
+    parser.add_argument(
+        "--image-repo",
+        metavar="REGISTRY/PATH",
+        help="compile abflow's pipeline for the images `abflow images push --repo REGISTRY/PATH` pushed "
+        "(required unless PIPELINE_YAML already names a registry the cluster can pull from)",
     )
 
 
@@ -164,11 +205,82 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _params(args: argparse.Namespace) -> dict[str, Any]:
-    from abflow.pipelines.package import load_package, parse_param
+def _images(args: argparse.Namespace) -> int:
+    from abflow.components.imaging import (
+        COMPONENTS_IMAGE_NAME,
+        SERVING_IMAGE_NAME,
+        ImageBuildError,
+        build_image,
+        make_build_context,
+        make_components_build_context,
+        resolve_builder,
+    )
 
-    spec = load_package(args.pipeline_yaml).pipeline_spec
-    return dict(parse_param(option, spec) for option in args.param)
+    repo = args.repo.rstrip("/")
+    try:
+        if resolve_builder(args.builder) == "none":
+            raise ImageBuildError("no image builder found: install buildah (or docker with a running daemon)")
+        with tempfile.TemporaryDirectory(prefix="abflow-images-") as folder:
+            contexts = (
+                (make_components_build_context(Path(folder) / "components", base_image=args.base_image),
+                 f"{repo}/{COMPONENTS_IMAGE_NAME}"),
+                (make_build_context(Path(folder) / "serving", base_image=args.base_image),
+                 f"{repo}/{SERVING_IMAGE_NAME}"),
+            )  # fmt: skip
+            for context, image_repo in contexts:
+                built = build_image(
+                    context,
+                    image_repo=image_repo,
+                    builder=args.builder,
+                    push=args.action == "push",
+                    tls_verify=not args.insecure,
+                )
+                print(built.ref)
+    except (ImageBuildError, ValueError) as exc:
+        print(f"abflow images: {exc}", file=sys.stderr)
+        return 2
+    print(f"next: abflow submit --image-repo {repo} … (or abflow compile --image-repo {repo})", file=sys.stderr)
+    return 0
+
+
+@contextmanager
+def _cluster_package(args: argparse.Namespace) -> Iterator[Path]:
+    """The pipeline YAML to send: abflow's, compiled for ``--image-repo``, or the one given as is."""
+    from abflow.pipelines.compiled import compile_for_registry
+    from abflow.pipelines.package import SubmissionError
+
+    if args.image_repo is None:
+        yield args.pipeline_yaml
+        return
+    if args.pipeline_yaml != DEFAULT_PIPELINE_YAML:
+        raise SubmissionError(
+            f"--image-repo compiles abflow's own pipeline, but {args.pipeline_yaml} was given and is sent as it "
+            "was compiled: drop one of the two (abflow compile --image-repo REGISTRY/PATH -o FILE makes such a file)"
+        )
+    with tempfile.TemporaryDirectory(prefix="abflow-compile-") as folder:
+        path = Path(folder) / DEFAULT_PIPELINE_YAML.name
+        try:
+            compile_for_registry(path, args.image_repo)
+        except ValueError as exc:
+            raise SubmissionError(str(exc)) from None
+        yield path
+
+
+def _checked_params(args: argparse.Namespace, pipeline_yaml: Path) -> dict[str, Any]:
+    """``--param`` values typed by the pipeline, after the cluster checks passed on them."""
+    from abflow.pipelines.cluster_checks import cluster_problems
+    from abflow.pipelines.package import SubmissionError, declared_parameters, load_package, parse_param
+
+    package = load_package(pipeline_yaml)
+    params = dict(parse_param(option, package.pipeline_spec) for option in args.param)
+    declared = declared_parameters(package.pipeline_spec)
+    effective = {name: params.get(name, body.get("defaultValue")) for name, body in declared.items()}
+    problems = cluster_problems({k: v for k, v in effective.items() if v is not None}, package.images())
+    if problems:
+        raise SubmissionError(
+            "this run would fail on the cluster:\n" + "\n".join(f"  - {problem}" for problem in problems)
+        )
+    return params
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -176,17 +288,18 @@ def _submit(args: argparse.Namespace) -> int:
     from abflow.pipelines.remote import submit
 
     try:
-        info = submit(
-            args.pipeline_yaml,
-            host=args.host,
-            experiment=args.experiment,
-            params=_params(args),
-            wait=args.wait,
-            timeout=args.timeout,
-            service_account=args.service_account,
-            token=args.token,
-            namespace=args.namespace,
-        )
+        with _cluster_package(args) as pipeline_yaml:
+            info = submit(
+                pipeline_yaml,
+                host=args.host,
+                experiment=args.experiment,
+                params=_checked_params(args, pipeline_yaml),
+                wait=args.wait,
+                timeout=args.timeout,
+                service_account=args.service_account,
+                token=args.token,
+                namespace=args.namespace,
+            )
     except SubmissionError as exc:
         print(f"abflow submit: {exc}", file=sys.stderr)
         return 2
@@ -197,22 +310,26 @@ def _submit(args: argparse.Namespace) -> int:
 def _schedule(args: argparse.Namespace) -> int:
     from abflow.pipelines.package import SubmissionError
     from abflow.pipelines.remote import schedule
+    from abflow.pipelines.triggers import parse_cron, parse_every
 
     try:
-        info = schedule(
-            args.pipeline_yaml,
-            host=args.host,
-            experiment=args.experiment,
-            name=args.name,
-            cron=args.cron,
-            every=args.every,
-            params=_params(args),
-            max_concurrency=args.max_concurrency,
-            catchup=args.catchup,
-            service_account=args.service_account,
-            token=args.token,
-            namespace=args.namespace,
-        )
+        # The trigger first: a typo there should not wait for the pipeline to compile.
+        _ = parse_cron(args.cron) if args.cron is not None else parse_every(args.every)
+        with _cluster_package(args) as pipeline_yaml:
+            info = schedule(
+                pipeline_yaml,
+                host=args.host,
+                experiment=args.experiment,
+                name=args.name,
+                cron=args.cron,
+                every=args.every,
+                params=_checked_params(args, pipeline_yaml),
+                max_concurrency=args.max_concurrency,
+                catchup=args.catchup,
+                service_account=args.service_account,
+                token=args.token,
+                namespace=args.namespace,
+            )
     except SubmissionError as exc:
         print(f"abflow schedule: {exc}", file=sys.stderr)
         return 2
