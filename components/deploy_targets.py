@@ -8,10 +8,23 @@ steps as JSON (a pipeline parameter), and it names its own target, so rollback n
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from abflow.components import deployment
+from abflow.components.experiment import (
+    CHALLENGER,
+    CHAMPION,
+    PROMETHEUS,
+    Arm,
+    Experiment,
+    ledger_source,
+    new_experiment_id,
+    parse_ratio_schedule,
+    start_experiment,
+)
+from abflow.serving.graph import DEFAULT_ARM_NAMES
 
 TARGETS = ("local", "seldon")
 
@@ -36,8 +49,10 @@ def deploy(
     name: str,
     local_state_dir: str,
     local_port: int,
+    experiment_id: str = "",
 ) -> DeployedRecord:
-    """Deploy the A/B graph to ``target`` and return its record (previous deployment included)."""
+    """Deploy the A/B graph to ``target`` and return its record (previous deployment included).
+    ``experiment_id`` names the experiment the graph serves (empty: none)."""
     if target == "local":
         return deployment.deploy_local(
             model_a_uri=model_a_uri,
@@ -46,6 +61,7 @@ def deploy(
             state_root=Path(local_state_dir),
             port=local_port,
             name=name,
+            experiment_id=experiment_id,
         )
     if target == "seldon":
         from abflow.components.seldon_deploy import deploy_ab_seldon
@@ -59,6 +75,65 @@ def deploy(
             namespace=namespace,
         )
     raise ValueError(f"unknown deploy target {target!r}: use one of {', '.join(TARGETS)}")
+
+
+@dataclass(frozen=True)
+class AbDeployment:
+    """A deployed A/B graph, the split it was deployed with, and the experiment it started (``None``
+    when both arms serve the same version: a first deployment is not an experiment)."""
+
+    record: DeployedRecord
+    ratio_a: float
+    experiment: Experiment | None
+
+
+def deploy_challenger(
+    target: str,
+    *,
+    artifact_root: str,
+    model_name: str,
+    champion_version: str,
+    challenger_version: str,
+    model_a_uri: str,
+    model_b_uri: str,
+    ratio_a: float,
+    ratio_schedule: str,
+    image: str,
+    namespace: str,
+    name: str,
+    local_state_dir: str,
+    local_port: int,
+    prometheus_url: str,
+    run_id: str,
+) -> AbDeployment:
+    """Deploy champion (arm A) against challenger (arm B) and, when they are different versions, record
+    the experiment in the artifact store. With a ``ratio_schedule`` the experiment starts at its
+    first step instead of ``ratio_a``."""
+    schedule = parse_ratio_schedule(ratio_schedule)
+    is_experiment = bool(champion_version) and champion_version != challenger_version
+    experiment_id = new_experiment_id(model_name) if is_experiment else ""
+    first_ratio = schedule[0] if is_experiment and schedule else ratio_a
+    record = deploy(target, model_a_uri=model_a_uri, model_b_uri=model_b_uri, ratio_a=first_ratio, image=image,
+                    namespace=namespace, name=name, local_state_dir=local_state_dir, local_port=local_port,
+                    experiment_id=experiment_id)
+    if not is_experiment:
+        return AbDeployment(record, first_ratio, None)
+    arms = (Arm(DEFAULT_ARM_NAMES[0], champion_version, model_a_uri, CHAMPION),
+            Arm(DEFAULT_ARM_NAMES[1], challenger_version, model_b_uri, CHALLENGER))
+    experiment = start_experiment(
+        artifact_root, experiment_id=experiment_id, model_name=model_name, target=target, deployment_name=name,
+        endpoint=record.endpoint, arms=arms, ratio_a=first_ratio,
+        outcomes=outcome_source(target, record.to_json(), prometheus_url), run_id=run_id, ratio_schedule=schedule,
+    )
+    return AbDeployment(record, first_ratio, experiment)
+
+
+def outcome_source(target: str, record_json: str, prometheus_url: str) -> str:
+    """Where the deployed endpoint's per-arm outcomes are read: the local endpoint's ledger in its
+    serving state directory, or a cluster's Prometheus."""
+    if target == "local":
+        return ledger_source(deployment.DeploymentRecord.from_json(record_json).serving_state_dir)
+    return f"{PROMETHEUS}{prometheus_url}"
 
 
 def rollback(record_json: str) -> str:

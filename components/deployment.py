@@ -81,6 +81,7 @@ class DeploymentRecord:
     state_root: str
     serving_state_dir: str
     deployed_at: str
+    experiment_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -96,12 +97,13 @@ class DeploymentRecord:
         if not isinstance(raw, dict) or raw.get("target") != TARGET:
             raise DeployError(f"not a local deployment record: {str(text)[:200]!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - raw.keys())
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(required - raw.keys())
         if missing:
             raise DeployError(f"deployment record lacks {missing}: it was written by another abflow version; "
                               "redeploy to write a fresh one")
         arm_a, arm_b = raw["arm_names"]
-        return cls(**{**{k: raw[k] for k in fields}, "arm_names": (arm_a, arm_b)})
+        return cls(**{**{k: raw[k] for k in fields if k in raw}, "arm_names": (arm_a, arm_b)})
 
     def models(self) -> dict[str, str]:
         """The ``--model NODE=URI`` mapping the serving runtime takes."""
@@ -109,9 +111,12 @@ class DeploymentRecord:
 
 
 def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_root: Path, port: int = 8000,
-                 name: str = "iris-ab", host: str = "127.0.0.1", ready_timeout: float = 30.0) -> DeploymentRecord:
+                 name: str = "iris-ab", host: str = "127.0.0.1", ready_timeout: float = 30.0,
+                 experiment_id: str = "") -> DeploymentRecord:
     """Replace the running A/B graph under ``state_root`` with one serving ``model_a_uri`` (arm A,
     ``ratio_a`` of traffic) and ``model_b_uri``; see the module docstring for the order of steps.
+    ``experiment_id`` names the experiment the release serves (empty: none), whose outcomes its
+    endpoint records in its serving state directory.
 
     Raises ``ValueError`` for a bad ``ratio_a``/``port`` and ``DeployError`` when the new release did
     not start (a model that cannot be served, a port held by something else): the running release
@@ -141,7 +146,7 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
             ratio_a=float(ratio_a), previous_release=current.release if current else None,
             router_name=DEFAULT_ROUTER_NAME, arm_names=DEFAULT_ARM_NAMES, host=host, port=port,
             state_root=str(state_root), serving_state_dir=str(_serving_dir(state_root, release)),
-            deployed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            deployed_at=datetime.now(UTC).isoformat(timespec="seconds"), experiment_id=experiment_id,
         )
         try:
             started = _switch(state_root, planned, current, ready_timeout)

@@ -113,13 +113,19 @@ def store(
     artifact_root: str,
     model_name: str,
     run_id: str,
-) -> NamedTuple("StoreOutputs", [("model_uri", str), ("version", str), ("model_a_uri", str), ("model_b_uri", str)]):  # type: ignore[valid-type]
+) -> NamedTuple(  # type: ignore[valid-type]
+    "StoreOutputs",
+    [("model_uri", str), ("version", str), ("model_a_uri", str), ("model_b_uri", str), ("champion_version", str)],
+):
     """Upload the model and its metadata to ``<artifact_root>/models/<model_name>/<version>/`` and
     pick the arms: the current champion as arm A and the new model as arm B (both arms the new
     model on the first run).
 
     Args:
         artifact_root: A local folder or ``gs://bucket/prefix``.
+
+    Returns:
+        champion_version: The champion's version (arm A), empty before the first promotion.
     """
     from abflow.components import steplog
     from abflow.components.registry import choose_arms, publish_model
@@ -130,7 +136,7 @@ def store(
     published = publish_model(artifact_root, model_name, result, run_id=run_id)
     arms = choose_arms(artifact_root, model_name, published.uri)
     steplog.finish(f"stored {published.uri}")
-    return (published.uri, published.version, arms.model_a_uri, arms.model_b_uri)
+    return (published.uri, published.version, arms.model_a_uri, arms.model_b_uri, arms.champion_version or "")
 
 
 def build_image(
@@ -190,38 +196,68 @@ def deploy_ab(
     model_a_uri: str,
     model_b_uri: str,
     ratio_a: float,
+    ratio_schedule: str,
     image_ref: str,
     image_digest: str,
     namespace: str,
     deployment_name: str,
     local_state_dir: str,
     local_port: int,
-) -> NamedTuple("DeployOutputs", [("endpoint", str), ("record", str)]):  # type: ignore[valid-type]
-    """Deploy the A/B graph (RANDOM_ABTEST, arm A share ``ratio_a``) and keep the previous
-    deployment for rollback.
+    artifact_root: str,
+    model_name: str,
+    champion_version: str,
+    challenger_version: str,
+    prometheus_url: str,
+    run_id: str,
+) -> NamedTuple(  # type: ignore[valid-type]
+    "DeployOutputs", [("endpoint", str), ("record", str), ("ratio_a", float), ("experiment_id", str)]
+):
+    """Deploy the A/B graph (RANDOM_ABTEST, arm A the champion with share ``ratio_a``) and keep the
+    previous deployment for rollback. When the arms serve different versions this starts an
+    experiment: its record goes to ``<artifact_root>/experiments/<model_name>/<id>.json``, which the
+    next run's ``conclude`` decides.
 
     Args:
         target: ``local`` (processes on 127.0.0.1, replacing the previous graph on the same port)
             or ``seldon`` (a SeldonDeployment applied to ``namespace``).
+        ratio_schedule: Optional champion shares, e.g. ``0.9,0.75,0.5``: the experiment starts at the
+            first and each undecided ``conclude`` moves one step; empty for a fixed ``ratio_a``.
         local_state_dir: Where the local target keeps its releases (local target only).
         local_port: Port of the local endpoint (local target only).
+        prometheus_url: Where the experiment's outcomes are read on a cluster (seldon target).
+
+    Returns:
+        ratio_a: The split deployed (the schedule's first step when there is one).
+        experiment_id: The experiment started, empty when both arms serve the same version.
     """
     from abflow.components import steplog
-    from abflow.components.deploy_targets import deploy
+    from abflow.components.deploy_targets import deploy_challenger
 
-    record = deploy(
+    deployed = deploy_challenger(
         target,
+        artifact_root=artifact_root,
+        model_name=model_name,
+        champion_version=champion_version,
+        challenger_version=challenger_version,
         model_a_uri=model_a_uri,
         model_b_uri=model_b_uri,
         ratio_a=ratio_a,
+        ratio_schedule=ratio_schedule,
         image=f"{image_ref}@{image_digest}" if image_ref and image_digest else image_ref,
         namespace=namespace,
         name=deployment_name,
         local_state_dir=local_state_dir,
         local_port=local_port,
+        prometheus_url=prometheus_url,
+        run_id=run_id,
     )
-    steplog.finish(f"deployed {record.endpoint}")
-    return (record.endpoint, record.to_json())
+    experiment = deployed.experiment
+    started = (f"; experiment {experiment.id}: champion {experiment.champion.version} vs challenger "
+               f"{experiment.challenger.version}, champion share {deployed.ratio_a:g}" if experiment
+               else "; both arms serve the same version: not an experiment")
+    steplog.finish(f"deployed {deployed.record.endpoint}{started}")
+    return (deployed.record.endpoint, deployed.record.to_json(), deployed.ratio_a,
+            experiment.id if experiment else "")
 
 
 def smoke_test(
@@ -230,14 +266,20 @@ def smoke_test(
     ratio_a: float,
     requests: int,
     p99_budget_ms: float,
+    artifact_root: str,
+    model_name: str,
+    experiment_id: str,
+    run_id: str,
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> None:
     """Send ``requests`` tutorial-format predictions and check status, schema, class names,
     probabilities, ``meta.routing``, both arms, the arm-A share (binomial test) and p99. On failure
-    the endpoint is rolled back to the previous deployment and the run fails with the reasons."""
+    the endpoint is rolled back to the previous deployment, the experiment it started is marked
+    rolled back, and the run fails with the reasons."""
     from abflow.components import steplog
     from abflow.components.deploy_targets import rollback
+    from abflow.components.experiment import mark_rolled_back, update_experiment
     from abflow.components.smoke import render_html_report, require_pass, run_smoke
 
     result = run_smoke(endpoint, requests=requests, ratio_a=ratio_a, p99_budget_ms=p99_budget_ms)
@@ -247,19 +289,33 @@ def smoke_test(
         metrics.log_metric(name, value)
     if not result.passed:
         restored = rollback(record)
+        if experiment_id:
+            update_experiment(artifact_root, model_name, experiment_id,
+                              lambda experiment: mark_rolled_back(experiment, run_id=run_id,
+                                                                  reason="its deployment failed the smoke test"))
         steplog.note(f"smoke failed, rolled back to {restored}")
     require_pass(result)
     steplog.finish(f"smoke passed ({result.describe()})")
 
 
 def promote(artifact_root: str, model_name: str, version: str, run_id: str) -> str:
-    """Make the model that passed the smoke test the champion (arm A of the next run). The champion
-    pointer is swapped atomically, so racing scheduled runs lose no promotion."""
-    from abflow.components import steplog
-    from abflow.components.registry import promote_version
+    """Make the first model that passed its smoke test the champion (arm A of the next run). Once
+    there is a champion this leaves it: the experiment decides, in the next run's ``conclude``. The
+    champion pointer is swapped atomically, so racing scheduled runs lose no promotion.
 
+    Returns:
+        The champion's version after this step.
+    """
+    from abflow.components import steplog
+    from abflow.components.registry import promote_version, read_champion
+
+    champion = read_champion(artifact_root, model_name)
+    if champion is not None:
+        steplog.finish(f"champion stays {champion.version}: the A/B experiment decides whether {version} replaces "
+                       "it (the next run's conclude step)")
+        return champion.version
     champion = promote_version(artifact_root, model_name, version, run_id=run_id)
-    steplog.finish(f"champion is now {champion.version}")
+    steplog.finish(f"first model: champion is now {champion.version}")
     return str(champion.version)
 
 

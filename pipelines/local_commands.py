@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from abflow.components.experiment import parse_ratio_schedule
 from abflow.pipelines.parameters import pipeline_parameters
 
 DEFAULT_DATA_DIR = Path("abflow-data")
@@ -46,6 +47,9 @@ PARAMETER_HELP = {
     "local_port": "port of the local A/B endpoint; a new run replaces the graph on the same port",
     "smoke_requests": "number of requests the smoke test sends",
     "p99_budget_ms": "the smoke test fails when p99 latency exceeds this",
+    "ratio_schedule": "champion's share per step of the experiment, e.g. 0.9,0.75,0.5: each undecided conclude "
+    "moves one step (empty: a fixed --ratio-a)",
+    "prometheus_url": "Prometheus the experiment's outcomes are read from on a cluster (seldon target)",
 }
 PATH_PARAMETERS = ("artifact_root", "local_state_dir")
 
@@ -135,6 +139,10 @@ def check_arguments(arguments: dict[str, Any]) -> list[str]:
         problems.append(f"--smoke-requests must be at least 1, got {arguments['smoke_requests']}")
     if arguments["builder"] == "kaniko":
         problems.append("--builder kaniko runs in a cluster: use it with `abflow submit`, or pick buildah/docker/none")
+    try:
+        parse_ratio_schedule(arguments["ratio_schedule"])
+    except ValueError as error:
+        problems.append(f"--ratio-schedule: {error}")
     if arguments["target"] not in ("local", "seldon"):
         problems.append(f"--target must be local or seldon, got {arguments['target']!r}")
     return problems

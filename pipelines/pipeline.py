@@ -41,19 +41,30 @@ def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any
         model_a_uri=stored.outputs["model_a_uri"],
         model_b_uri=stored.outputs["model_b_uri"],
         ratio_a=params["ratio_a"],
+        ratio_schedule=params["ratio_schedule"],
         image_ref=image.outputs["image_ref"],
         image_digest=dsl.OneOf(kaniko.outputs["digest"], skipped.output),
         namespace=params["namespace"],
         deployment_name=params["deployment_name"],
         local_state_dir=params["local_state_dir"],
         local_port=params["local_port"],
+        artifact_root=params["artifact_root"],
+        model_name=params["model_name"],
+        champion_version=stored.outputs["champion_version"],
+        challenger_version=stored.outputs["version"],
+        prometheus_url=params["prometheus_url"],
+        run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     )
     smoked = steps.smoke_test(
         endpoint=deployed.outputs["endpoint"],
         record=deployed.outputs["record"],
-        ratio_a=params["ratio_a"],
+        ratio_a=deployed.outputs["ratio_a"],
         requests=params["smoke_requests"],
         p99_budget_ms=params["p99_budget_ms"],
+        artifact_root=params["artifact_root"],
+        model_name=params["model_name"],
+        experiment_id=deployed.outputs["experiment_id"],
+        run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     )
     promoted = steps.promote(
         artifact_root=params["artifact_root"],
@@ -99,6 +110,8 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
         local_port: int = 8000,
         smoke_requests: int = 200,
         p99_budget_ms: float = 500.0,
+        ratio_schedule: str = "",
+        prometheus_url: str = "",
     ) -> None:
         trained = steps.train(data_uri=data_uri, feature_columns=feature_columns, label_column=label_column,
                               c=c, max_iter=max_iter, test_size=test_size, seed=seed)
@@ -129,6 +142,8 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
                 local_port=local_port,
                 smoke_requests=smoke_requests,
                 p99_budget_ms=p99_budget_ms,
+                ratio_schedule=ratio_schedule,
+                prometheus_url=prometheus_url,
             )
         for task in tasks:
             task.set_caching_options(False)

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from abflow.components.deployment import current_deployment, stop_local
+from abflow.components.experiment import ROLLED_BACK, list_experiments, running_experiment
 from abflow.components.registry import read_champion
 from abflow.pipelines.local_commands import TUTORIAL_PAYLOAD
 from abflow.pipelines.pipeline import STEP_NAMES
@@ -75,6 +76,8 @@ def test_two_runs_make_a_champion_and_a_failed_smoke_rolls_back(project: LocalPr
     assert restored is not None and restored.release == first_release.release, "the previous release serves again"
     project.predict()
     assert read_champion(str(project.data), "iris") == champion, "a failed run must not promote"
+    [rolled_back] = list_experiments(str(project.data), "iris")
+    assert rolled_back.status == ROLLED_BACK, "the experiment whose deployment failed is over"
 
     second = project.run("--seed", "7")
     assert second.returncode == 0, second.stderr
@@ -82,6 +85,10 @@ def test_two_runs_make_a_champion_and_a_failed_smoke_rolls_back(project: LocalPr
     assert release is not None
     assert release.model_a_uri == champion.model_uri, "arm A is the champion"
     assert release.model_b_uri != champion.model_uri, "arm B is the new model"
+    assert read_champion(str(project.data), "iris") == champion, "the experiment decides, not the smoke test"
+    experiment = running_experiment(str(project.data), "iris")
+    assert experiment is not None and experiment.id == release.experiment_id
+    assert experiment.champion.model_uri == champion.model_uri
     project.predict()
 
 
