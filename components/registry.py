@@ -2,13 +2,17 @@
 
 Layout under the artifact root (a folder or ``gs://bucket/prefix``, through ``abflow.serving.store``)::
 
-    models/<name>/<version>/model.joblib    the pickled sklearn Pipeline (Seldon SKLEARN_SERVER convention)
-    models/<name>/<version>/metadata.json   abflow.serving.artifact.ModelMetadata: sha256, library versions, ...
-    models/<name>/champion.json             the version that serves as arm A, plus every past promotion
+    models/<name>/<version>/model.joblib        the pickled sklearn Pipeline (Seldon SKLEARN_SERVER convention)
+    models/<name>/<version>/metadata.json       abflow.serving.artifact.ModelMetadata: sha256, library versions, ...
+    models/<name>/<version>/metadata.json.sig   its HMAC, when ABFLOW_MODEL_SIGNING_KEY is set
+    models/<name>/champion.json                 the version that serves as arm A, plus every past promotion
 
-Versions are immutable: publishing never overwrites a different model. ``champion.json`` is only
-ever changed by a compare-and-swap read-modify-write, so two runs promoting at the same moment both
-land in its ``history`` and the later write becomes the current champion.
+Versions are immutable: publishing never overwrites a different model, and writes ``metadata.json``
+last, so a version whose publishing was cut short has none and no server will load it. ``champion.json``
+is only ever changed by a compare-and-swap read-modify-write, so two runs promoting at the same moment
+both land in its ``history`` and the later write becomes the current champion. The model URI it holds is
+only believed if it names a version folder of that model in the same store: whoever can edit the file
+must not be able to point the servers (which unpickle what they load) somewhere else.
 """
 
 from __future__ import annotations
@@ -19,13 +23,23 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from abflow.components.training import TrainResult
-from abflow.serving.artifact import METADATA_FILE, MODEL_FILE, ModelMetadata, runtime_versions, sha256_of
-from abflow.serving.store import ABSENT, StoreError, open_store
+from abflow.serving.artifact import (
+    METADATA_FILE,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    ModelMetadata,
+    runtime_versions,
+    sha256_of,
+    sign_metadata,
+    signature_matches,
+    signing_key_from_env,
+)
+from abflow.serving.store import ABSENT, Store, StoreError, open_store
 
 CHAMPION_FILE = "champion.json"
 PROMOTE_ATTEMPTS = 50
@@ -92,8 +106,9 @@ def new_version(now: datetime | None = None) -> str:
 
 def publish_model(root_uri: str, name: str, train: TrainResult, *, run_id: str,
                   version: str | None = None) -> PublishedModel:
-    """Write ``model.joblib`` then ``metadata.json`` (the metadata last: a reader that finds it can
-    trust the model beside it) into a new version folder.
+    """Write ``model.joblib``, then (with ``ABFLOW_MODEL_SIGNING_KEY`` set) ``metadata.json.sig``, then
+    ``metadata.json`` into a new version folder, each atomically. The metadata goes last: servers load
+    nothing without it, so a reader that finds it finds the model (and signature) complete beside it.
 
     Publishing the same bytes under the same version again (a retried step) returns the stored
     version; a different model under an existing version is refused."""
@@ -122,10 +137,22 @@ def publish_model(root_uri: str, name: str, train: TrainResult, *, run_id: str,
         sha256_of(store.read_bytes(model_key)) != sha
     ):
         raise StoreError(immutable)
-    if not store.write_if_unchanged(metadata_key, metadata.to_json(), ABSENT):
-        metadata = ModelMetadata.from_json(store.read_bytes(metadata_key))
-        if metadata.sha256 != sha:
-            raise StoreError(immutable)
+    key = signing_key_from_env()
+    signature_key = f"{folder}/{SIGNATURE_FILE}"
+    stored, _ = store.read_versioned(metadata_key)
+    if stored is None:
+        if key is not None:  # a leftover of a publish cut short before its metadata is overwritten
+            store.write_bytes(signature_key, sign_metadata(metadata.to_json(), key))
+        if store.write_if_unchanged(metadata_key, metadata.to_json(), ABSENT):
+            return PublishedModel(name=name, version=version, uri=store.uri_for(folder), sha256=sha,
+                                  metadata=metadata)
+        stored = store.read_bytes(metadata_key)  # a concurrent publish of this version got there first
+    metadata = ModelMetadata.from_json(stored)
+    if metadata.sha256 != sha:
+        raise StoreError(immutable)
+    if key is not None and not (store.exists(signature_key)
+                                and signature_matches(stored, store.read_bytes(signature_key), key)):
+        store.write_bytes(signature_key, sign_metadata(stored, key))  # same model: signing it is ours to do
     return PublishedModel(name=name, version=version, uri=store.uri_for(folder), sha256=sha,
                           metadata=metadata)
 
@@ -146,18 +173,32 @@ def read_champion(root_uri: str, name: str) -> Champion | None:
     if data is None:
         return None
     where = store.uri_for(_champion_key(name))
-    return Champion.from_json_dict(_parse_champion_file(data, where), where)
+    champion = Champion.from_json_dict(_parse_champion_file(data, where), where)
+    uri = model_uri_in_store(store, name, champion.model_uri, where=where)
+    if uri != store.uri_for(_model_key(name, champion.version)):
+        raise StoreError(f"{where} names version {champion.version} but its model_uri {champion.model_uri!r} is "
+                         f"another version's folder: {_CHAMPION_FIX}")
+    return replace(champion, model_uri=uri)
 
 
-def read_champion_history(root_uri: str, name: str) -> list[Champion]:
-    """Every promotion ever recorded, oldest first (the last one is the current champion)."""
-    store = open_store(root_uri)
-    data, _ = store.read_versioned(_champion_key(name))
-    if data is None:
-        return []
-    where = store.uri_for(_champion_key(name))
-    history = _parse_champion_file(data, where).get("history", [])
-    return [Champion.from_json_dict(entry, f"{where} history[{i}]") for i, entry in enumerate(history)]
+_CHAMPION_FIX = "promote the intended version again (or restore champion.json from its history)"
+
+
+def model_uri_in_store(store: Store, name: str, uri: str, *, where: str) -> str:
+    """``uri``, as this store spells it, if it is the folder of a version of model ``name`` in ``store``.
+
+    For every model URI read back from a record in the store (the champion pointer, an experiment's
+    arms): servers unpickle what such a URI names, so a record edited to point at another bucket, another
+    folder or up with ``..`` is refused, with the reason, rather than followed."""
+    try:
+        key = store.key_for(uri)
+    except StoreError as exc:
+        raise StoreError(f"{where} points at a model outside its artifact store: {exc}; {_CHAMPION_FIX}") from None
+    prefix, _, version = key.rpartition("/")
+    if prefix != f"models/{_check_name(name)}" or not _VERSION.fullmatch(version) or version == CHAMPION_FILE:
+        raise StoreError(f"{where} points at {uri!r}, which is not a version folder of model {name!r} "
+                         f"(models/{name}/<version> in {store.uri}); {_CHAMPION_FIX}")
+    return store.uri_for(key)
 
 
 def choose_arms(root_uri: str, name: str, new_model_uri: str) -> Arms:
@@ -166,7 +207,7 @@ def choose_arms(root_uri: str, name: str, new_model_uri: str) -> Arms:
     champion = read_champion(root_uri, name)
     if champion is None:
         return Arms(model_a_uri=new_model_uri, model_b_uri=new_model_uri, champion_version=None)
-    if not open_store(champion.model_uri).exists(MODEL_FILE):
+    if not open_store(champion.model_uri).exists(MODEL_FILE):  # a URI read_champion confined to the store
         raise StoreError(
             f"the champion of {name!r} is version {champion.version}, but {champion.model_uri}/{MODEL_FILE} "
             f"is gone; restore it, or promote another version (or delete {CHAMPION_FILE} to start over)"

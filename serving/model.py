@@ -1,10 +1,15 @@
-"""Load one trained model for serving, refusing anything that would serve wrong answers quietly.
+"""Load one trained model for serving, refusing anything that would run untrusted code or serve wrong
+answers quietly.
 
-The checks run before the first request rather than on it: a model whose bytes changed since training
-(sha256), or that was pickled by a different scikit-learn major.minor (pickles are not portable across
-them), or whose classes do not match its class names, is refused at start-up with a message that
-says how to fix it. Unpickling runs code from the file, so only load models from stores you trust;
-the sha256 check protects integrity, not trust.
+Unpickling runs code from the file, so a model is unpickled only once its bytes match the sha256 in
+the ``metadata.json`` beside it (written by the store step after the model itself, so a half-published
+version has none); with ``ABFLOW_MODEL_SIGNING_KEY`` set, that ``metadata.json`` must also carry a
+valid HMAC signature, so whoever can write the bucket but lacks the key cannot swap a model in. A
+model with nothing to vouch for it (a bare pickle, a folder without ``metadata.json``) is refused
+unless the user opts in loudly (``--allow-unverified-model``). The remaining checks run before the
+first request rather than on it: a model pickled by a different scikit-learn major.minor (pickles
+are not portable across them), or whose classes do not match its class names, is refused at start-up
+with a message that says how to fix it.
 """
 
 from __future__ import annotations
@@ -19,16 +24,24 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from abflow.serving.artifact import (
+    ALLOW_UNVERIFIED_ENV,
+    ALLOW_UNVERIFIED_FLAG,
     DEFAULT_CLASS_NAMES,
     METADATA_FILE,
     MODEL_FILE,
+    SIGNATURE_FILE,
+    SIGNING_KEY_ENV,
     ModelMetadata,
     major_minor,
     sha256_of,
+    signature_matches,
+    signing_key_from_env,
 )
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle", ".sav")
 RESTORE_HINT = "re-run the store step or point --model at an intact version"
+OPT_IN_HINT = (f"or, only if you trust this file and where it came from, pass {ALLOW_UNVERIFIED_FLAG} "
+               f"({ALLOW_UNVERIFIED_ENV}=1 in the serving image)")
 
 
 class ModelLoadError(RuntimeError):
@@ -42,6 +55,8 @@ class LoadedModel:
     n_features: int | None
     metadata: ModelMetadata | None
     uri: str
+    unverified: str | None = None
+    """Why nothing vouched for the bytes that were unpickled (only with the opt-in); None when verified."""
 
     def predict_proba(self, features: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Probabilities per row; a serving process calls ``trust_decoded_input`` once to make it cheap."""
@@ -62,13 +77,24 @@ def trust_decoded_input() -> None:
     sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
 
 
-def load_model(uri: str) -> LoadedModel:
-    """Load ``uri``: a folder with model.joblib (+ metadata.json), a pickle file, file://… or gs://…."""
-    model_bytes, metadata_bytes, where = _read(uri)
-    metadata = _check_metadata(metadata_bytes, model_bytes, where) if metadata_bytes is not None else None
-    estimator = _unpickle(model_bytes, where)
+def load_model(uri: str, *, allow_unverified: bool = False, signing_key: bytes | None = None) -> LoadedModel:
+    """Load ``uri``: a version folder (model.joblib + metadata.json), its model.joblib, file://… or gs://….
+
+    ``signing_key`` defaults to ``ABFLOW_MODEL_SIGNING_KEY``; with a key, metadata.json must be signed
+    with it. ``allow_unverified`` admits a model with no metadata.json (or no signature) to vouch for
+    it; the loaded model's ``unverified`` says why, for the caller to warn about. A sha256 mismatch or
+    a wrong signature is evidence of tampering or corruption and is refused even then."""
+    files = _read(uri)
+    key = signing_key if signing_key is not None else signing_key_from_env()
+    unverified = _check_signature(files, key, allow_unverified)
+    if files.metadata is None:
+        unverified = _no_metadata(files.where, allow_unverified)
+        metadata = None
+    else:
+        metadata = _check_metadata(files.metadata, files.model, files.where)
+    estimator = _unpickle(files.model, files.where)
     class_names = tuple(metadata.class_names) if metadata else DEFAULT_CLASS_NAMES
-    _check_estimator(estimator, class_names, where, has_metadata=metadata is not None)
+    _check_estimator(estimator, class_names, files.where, has_metadata=metadata is not None)
     n_features = getattr(estimator, "n_features_in_", None)
     return LoadedModel(
         estimator=estimator,
@@ -76,13 +102,54 @@ def load_model(uri: str) -> LoadedModel:
         n_features=int(n_features) if n_features is not None else None,
         metadata=metadata,
         uri=uri,
+        unverified=unverified,
     )
 
 
-def _read(uri: str) -> tuple[bytes, bytes | None, str]:
-    """The model's bytes, its metadata.json bytes if it has one, and where they came from."""
+@dataclass(frozen=True)
+class _ModelFiles:
+    """A model's bytes and what lies beside it (None when absent), and where they came from."""
+
+    model: bytes
+    metadata: bytes | None
+    signature: bytes | None
+    where: str
+
+
+def _no_metadata(where: str, allow_unverified: bool) -> str:
+    reason = (f"{where} has no {METADATA_FILE} beside it (a bare pickle, or a folder the store step did not "
+              "write), so nothing vouches for its bytes, and unpickling runs code from the file")
+    if not allow_unverified:
+        raise ModelLoadError(
+            f"refusing to unpickle {reason}: publish it with the store step (it writes {MODEL_FILE} + "
+            f"{METADATA_FILE} with its sha256) and point --model at that version folder, {OPT_IN_HINT}")
+    return reason
+
+
+def _check_signature(files: _ModelFiles, key: bytes | None, allow_unverified: bool) -> str | None:
+    """Refuse metadata that a configured signing key does not vouch for; None when it does (or no key)."""
+    if key is None or files.metadata is None:
+        return None
+    if files.signature is None:
+        reason = (f"{METADATA_FILE} beside {files.where} is not signed ({SIGNATURE_FILE} is missing) but "
+                  f"{SIGNING_KEY_ENV} is set")
+        if not allow_unverified:
+            raise ModelLoadError(
+                f"{reason}: publish the model with the signing key set (the store step then writes "
+                f"{SIGNATURE_FILE}), or unset {SIGNING_KEY_ENV} where this store is not signed, {OPT_IN_HINT}")
+        return reason
+    if not signature_matches(files.metadata, files.signature, key):
+        raise ModelLoadError(
+            f"{SIGNATURE_FILE} beside {files.where} does not match its {METADATA_FILE} under the configured "
+            f"{SIGNING_KEY_ENV}: the metadata was changed after publishing, or signed with another key; "
+            "publish the version again with the right key")
+    return None
+
+
+def _read(uri: str) -> _ModelFiles:
     if not uri:
-        raise ModelLoadError("empty model URI: give a folder holding model.joblib, a .joblib file or gs://…")
+        raise ModelLoadError("empty model URI: give a model version folder (model.joblib + metadata.json), "
+                             "file://… or gs://…")
     parsed = urlparse(uri)
     if parsed.scheme == "gs":
         return _read_gcs(uri)
@@ -98,26 +165,28 @@ def _read(uri: str) -> tuple[bytes, bytes | None, str]:
     return _read_local(Path(uri))
 
 
-def _read_local(path: Path) -> tuple[bytes, bytes | None, str]:
+def _read_local(path: Path) -> _ModelFiles:
     model_path = path / MODEL_FILE if path.is_dir() else path
     if not model_path.is_file():
         if path.is_dir():
             raise ModelLoadError(
                 f"{path} holds no {MODEL_FILE}: point --model at a model version folder "
-                f"(model.joblib + metadata.json) or at a .joblib file"
+                f"(model.joblib + metadata.json)"
             )
         raise ModelLoadError(f"model {path} does not exist: check the path given to --model or modelUri")
-    metadata_path = model_path.with_name(METADATA_FILE)
+
+    def beside(name: str) -> bytes | None:
+        other = model_path.with_name(name)
+        return other.read_bytes() if model_path.name == MODEL_FILE and other.is_file() else None
+
     try:
-        model_bytes = model_path.read_bytes()
-        has_metadata = model_path.name == MODEL_FILE and metadata_path.is_file()
-        metadata_bytes = metadata_path.read_bytes() if has_metadata else None
+        return _ModelFiles(model_path.read_bytes(), beside(METADATA_FILE), beside(SIGNATURE_FILE),
+                           str(model_path))
     except OSError as exc:
         raise ModelLoadError(f"cannot read model {model_path}: {exc}") from exc
-    return model_bytes, metadata_bytes, str(model_path)
 
 
-def _read_gcs(uri: str) -> tuple[bytes, bytes | None, str]:
+def _read_gcs(uri: str) -> _ModelFiles:
     from abflow.serving.store import StoreError, open_store
 
     root, _, last = uri.rstrip("/").rpartition("/")
@@ -129,12 +198,14 @@ def _read_gcs(uri: str) -> tuple[bytes, bytes | None, str]:
         store = open_store(folder)
         if not store.exists(key):
             raise ModelLoadError(
-                f"{store.uri_for(key)} does not exist: point --model at a model version folder or a .joblib file"
+                f"{store.uri_for(key)} does not exist: point --model at a model version folder"
             )
-        model_bytes = store.read_bytes(key)
-        has_metadata = key == MODEL_FILE and store.exists(METADATA_FILE)
-        metadata_bytes = store.read_bytes(METADATA_FILE) if has_metadata else None
-        return model_bytes, metadata_bytes, store.uri_for(key)
+
+        def beside(name: str) -> bytes | None:
+            return store.read_bytes(name) if key == MODEL_FILE and store.exists(name) else None
+
+        return _ModelFiles(store.read_bytes(key), beside(METADATA_FILE), beside(SIGNATURE_FILE),
+                           store.uri_for(key))
     except StoreError as exc:
         raise ModelLoadError(f"cannot read model {uri}: {exc}") from exc
 

@@ -21,14 +21,14 @@ bucket fails in seconds with a message that says what to check, rather than hang
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NewType, Protocol
 from urllib.parse import unquote, urlparse
+
+from abflow.serving.local_files import exclusive_lock, write_atomically
 
 if TYPE_CHECKING:
     from google.cloud.storage import Bucket
@@ -66,6 +66,11 @@ class Store(Protocol):
 
     def uri_for(self, key: str) -> str:
         """The full URI of ``key`` (a file or a folder), usable by other processes and machines."""
+        ...
+
+    def key_for(self, uri: str) -> str:
+        """The key of ``uri`` in this store; ``StoreError`` if it lies anywhere else (another bucket or
+        folder, or a ``..`` climbing out), so a URI read from a record cannot point outside its store."""
         ...
 
     def read_bytes(self, key: str) -> bytes: ...
@@ -133,6 +138,14 @@ def check_key(key: str) -> str:
     return key
 
 
+def _relative_key(relative: str, uri: str, root: str) -> str:
+    try:
+        return check_key(relative.rstrip("/"))
+    except StoreError:
+        raise StoreError(f"{uri!r} does not name a key inside the store {root} (an empty, '.' or '..' "
+                         "part, or a hidden name)") from None
+
+
 def check_prefix(prefix: str) -> str:
     """Validate a listing prefix and return its folder part (``""`` for the root): everything up to
     the last ``/`` must be a valid key; the last part is a partial name and may be empty."""
@@ -168,6 +181,18 @@ class LocalStore:
 
     def uri_for(self, key: str) -> str:
         return self.path_for(key).as_uri()
+
+    def key_for(self, uri: str) -> str:
+        parsed = urlparse(uri)
+        if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+            path = Path(unquote(parsed.path))
+        elif len(parsed.scheme) <= 1:
+            path = Path(uri).expanduser().absolute()
+        else:
+            raise StoreError(f"{uri!r} is not in the local store {self.uri}")
+        if not path.is_relative_to(self.root):
+            raise StoreError(f"{uri!r} lies outside the store {self.uri}")
+        return _relative_key(path.relative_to(self.root).as_posix(), uri, self.uri)
 
     def read_bytes(self, key: str) -> bytes:
         path = self.path_for(key)
@@ -221,35 +246,19 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
-        """Hold an exclusive lock on ``path``'s sidecar ``.<name>.lock`` (never removed: deleting a
-        lock file others may be waiting on would let two writers in at once)."""
+        """Hold an exclusive lock on ``path``'s sidecar ``.<name>.lock``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            with exclusive_lock(path.with_name(f".{path.name}.lock")):
+                yield
         except OSError as exc:
             raise StoreError(f"cannot write under {path.parent.as_uri()}: {exc}") from exc
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(lock)  # closing the descriptor releases the flock
 
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
-        """Write a hidden temporary file beside ``path``, flush it to disk, then rename it over
-        ``path``: readers see the old bytes or the new ones, never a mix, even after a crash."""
-        temp = ""
         try:
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
+            write_atomically(path, data)
         except OSError as exc:
-            if temp:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
             raise StoreError(f"cannot write {path.as_uri()}: {exc}") from exc
 
 
@@ -274,6 +283,14 @@ class GcsStore:
 
     def uri_for(self, key: str) -> str:
         return f"gs://{self.bucket_name}/{self._name(key)}"
+
+    def key_for(self, uri: str) -> str:
+        parsed = urlparse(uri)
+        root = f"{self.prefix}/" if self.prefix else ""
+        name = parsed.path.lstrip("/")
+        if parsed.scheme != "gs" or parsed.netloc != self.bucket_name or not name.startswith(root):
+            raise StoreError(f"{uri!r} lies outside the store {self.uri}")
+        return _relative_key(name[len(root):], uri, self.uri)
 
     def read_bytes(self, key: str) -> bytes:
         data, _ = self._download(key)

@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from abflow.serving.artifact import METADATA_FILE, MODEL_FILE, ModelMetadata, sha256_of, write_model_folder
+from abflow.serving.artifact import (
+    METADATA_FILE,
+    MODEL_FILE,
+    ModelMetadata,
+    sha256_of,
+    sign_metadata,
+    signature_matches,
+)
 
 
 def test_metadata_round_trips_and_keeps_unknown_keys(iris_model_dir: Path) -> None:
@@ -10,7 +17,7 @@ def test_metadata_round_trips_and_keeps_unknown_keys(iris_model_dir: Path) -> No
     assert metadata.sha256 == sha256_of((iris_model_dir / MODEL_FILE).read_bytes())
     newer = metadata.to_json().replace(b'"name"', b'"future_field": 1, "name"', 1)
     reread = ModelMetadata.from_json(newer)
-    assert reread.extra == {"future_field": 1}
+    assert reread.extra == {**metadata.extra, "future_field": 1}
     assert ModelMetadata.from_json(reread.to_json()) == reread
 
 
@@ -19,10 +26,12 @@ def test_metadata_missing_required_keys_is_named() -> None:
         ModelMetadata.from_json('{"name": "iris", "version": "v1", "versions": {}}')
 
 
-def test_writer_refuses_a_wrong_checksum(tmp_path: Path) -> None:
-    metadata = ModelMetadata(name="iris", version="v1", sha256="0" * 64, versions={})
-    with pytest.raises(ValueError, match="sha256"):
-        write_model_folder(tmp_path, b"model", metadata)
+def test_a_signature_matches_only_its_metadata_under_its_key() -> None:
+    metadata = b'{"name": "iris"}'
+    signature = sign_metadata(metadata, b"key")
+    assert signature_matches(metadata, signature + b"\n", b"key")
+    assert not signature_matches(metadata, signature, b"another key")
+    assert not signature_matches(metadata.replace(b"iris", b"evil"), signature, b"key")
 
 
 def test_runtime_versions_match_the_imported_libraries() -> None:

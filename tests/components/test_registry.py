@@ -19,12 +19,21 @@ from abflow.components.registry import (
     promote_version,
     publish_model,
     read_champion,
-    read_champion_history,
     read_model,
 )
 from abflow.components.training import TrainResult, train_iris
-from abflow.serving.artifact import ModelMetadata, runtime_versions, sha256_of
-from abflow.serving.store import StoreError, open_store
+from abflow.serving.artifact import (
+    METADATA_FILE,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    SIGNING_KEY_ENV,
+    ModelMetadata,
+    runtime_versions,
+    sha256_of,
+    signature_matches,
+)
+from abflow.serving.model import ModelLoadError, load_model
+from abflow.serving.store import GcsStore, LocalStore, StoreError, open_store
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +46,12 @@ def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "abflow-data")
     return str(request.getfixturevalue("gcs_root"))
+
+
+def history(root: str) -> list[dict[str, str]]:
+    """Every promotion champion.json records, oldest first."""
+    entries: list[dict[str, str]] = json.loads(open_store(root).read_bytes("models/iris/champion.json"))["history"]
+    return entries
 
 
 def test_new_version_sorts_by_time_and_is_unique() -> None:
@@ -110,7 +125,7 @@ def test_promotion_makes_the_champion_arm_a(root: str, trained: TrainResult) -> 
     assert (arms.model_a_uri, arms.model_b_uri, arms.champion_version) == (first.uri, second.uri,
                                                                            first.version)
     promote_version(root, "iris", second.version, run_id="run-2")
-    assert [c.version for c in read_champion_history(root, "iris")] == [first.version, second.version]
+    assert [entry["version"] for entry in history(root)] == [first.version, second.version]
     current = read_champion(root, "iris")
     assert current is not None
     assert current.version == second.version
@@ -157,10 +172,86 @@ def test_racing_promotions_lose_nothing(root: str, trained: TrainResult) -> None
         thread.join()
     assert errors == []
 
-    history = read_champion_history(root, "iris")
-    assert sorted(entry.run_id for entry in history) == sorted(
+    entries = history(root)
+    assert sorted(entry["run_id"] for entry in entries) == sorted(
         f"v{i}-round-{r}" for i in (1, 2) for r in range(rounds))
     current = read_champion(root, "iris")
-    assert current == history[-1]
+    assert current is not None and current.promoted_at == entries[-1]["promoted_at"]
     document = json.loads(open_store(root).read_bytes("models/iris/champion.json"))
-    assert document["promotion_id"] == document["history"][-1]["promotion_id"]
+    assert document["promotion_id"] == entries[-1]["promotion_id"]
+
+
+def test_publish_writes_the_metadata_last(root: str, trained: TrainResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers load nothing without metadata.json, so it must be the last file of a version to appear."""
+    monkeypatch.setenv(SIGNING_KEY_ENV, "publishing key")
+    written: list[str] = []
+    backend = LocalStore if root.startswith("/") else GcsStore
+    for method in ("write_bytes", "write_if_unchanged"):
+        original = getattr(backend, method)
+
+        def record(self: object, key: str, *args: object, original: object = original) -> object:
+            written.append(key.rpartition("/")[2])
+            return original(self, key, *args)  # type: ignore[operator]
+
+        monkeypatch.setattr(backend, method, record)
+    publish_model(root, "iris", trained, run_id="run-1", version="v1")
+    assert written == [MODEL_FILE, SIGNATURE_FILE, METADATA_FILE]
+
+
+def test_a_publish_cut_short_never_loads_and_a_retry_completes_it(root: str, trained: TrainResult,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step killed after writing the model (and a signature for metadata it never wrote) leaves a version
+    no server loads; publishing again completes it, with a signature matching the metadata it writes."""
+    monkeypatch.setenv(SIGNING_KEY_ENV, "publishing key")
+    store = open_store(root)
+    store.write_bytes(f"models/iris/v1/{MODEL_FILE}", trained.model_bytes)
+    store.write_bytes(f"models/iris/v1/{SIGNATURE_FILE}", b"0" * 64)
+    with pytest.raises(ModelLoadError, match="has no metadata.json"):
+        load_model(store.uri_for("models/iris/v1"))
+    published = publish_model(root, "iris", trained, run_id="retry", version="v1")
+    assert load_model(published.uri).metadata == published.metadata
+
+
+def test_with_a_signing_key_publish_signs_and_servers_check_it(root: str, trained: TrainResult,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    unsigned = publish_model(root, "iris", trained, run_id="run-1", version="v1")
+    monkeypatch.setenv(SIGNING_KEY_ENV, "publishing key")
+    signed = publish_model(root, "iris", trained, run_id="run-2", version="v2")
+    store = open_store(root)
+    assert not store.exists(f"models/iris/v1/{SIGNATURE_FILE}")
+    signature = store.read_bytes(f"models/iris/v2/{SIGNATURE_FILE}")
+    assert signature_matches(store.read_bytes(f"models/iris/v2/{METADATA_FILE}"), signature, b"publishing key")
+    assert load_model(signed.uri).unverified is None
+    with pytest.raises(ModelLoadError, match="is not signed"):
+        load_model(unsigned.uri)
+    with pytest.raises(ModelLoadError, match="does not match its metadata.json"):
+        load_model(signed.uri, signing_key=b"another key")
+    assert publish_model(root, "iris", trained, run_id="retry", version="v1") == unsigned  # a retry signs it
+    assert load_model(unsigned.uri).unverified is None
+
+
+def escapes(root: str) -> list[tuple[str, str]]:
+    """Model URIs an edited champion.json could hold, each outside the version folders of iris in ``root``."""
+    store = open_store(root)
+    inside = store.uri_for("models/iris/v1")
+    foreign = "gs://someone-elses-bucket/models/iris/v1" if root.startswith("/") else "/tmp/models/iris/v1"
+    return [
+        (f"{inside}/../../../../elsewhere/models/iris/v1", "does not name a key inside the store"),
+        (store.uri_for("models/other/v1"), "not a version folder of model 'iris'"),
+        (foreign, "outside its artifact store"),
+        (store.uri_for("models/iris/v2"), "another version's folder"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_a_champion_pointing_outside_its_store_is_refused(root: str, trained: TrainResult, case: int) -> None:
+    promote(root, "iris", publish_model(root, "iris", trained, run_id="run-1", version="v1"), run_id="run-1")
+    publish_model(root, "iris", trained, run_id="run-2", version="v2")
+    uri, reason = escapes(root)[case]
+    store = open_store(root)
+    document = json.loads(store.read_bytes("models/iris/champion.json"))
+    store.write_bytes("models/iris/champion.json", json.dumps({**document, "model_uri": uri}).encode())
+    for read in (lambda: read_champion(root, "iris"), lambda: choose_arms(root, "iris", store.uri_for("x"))):
+        with pytest.raises(StoreError, match=reason) as error:
+            read()
+        assert "promote the intended version again" in str(error.value)

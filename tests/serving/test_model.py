@@ -1,9 +1,11 @@
-"""Loading models from every kind of URI, and refusing every model that would serve wrong answers."""
+"""Loading models from every kind of URI, and refusing every model that would run unvouched code or serve
+wrong answers."""
 
 from __future__ import annotations
 
 import io
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,31 @@ import sklearn.base
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from abflow.serving.artifact import DEFAULT_CLASS_NAMES, ModelMetadata, runtime_versions, sha256_of, write_model_folder
+from abflow.serving.artifact import (
+    DEFAULT_CLASS_NAMES,
+    METADATA_FILE,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    SIGNING_KEY_ENV,
+    ModelMetadata,
+    runtime_versions,
+    sha256_of,
+    sign_metadata,
+)
 from abflow.serving.model import ModelLoadError, load_model
-from abflow.serving.store import LocalStore
+from abflow.serving.store import open_store
 
 FEATURES = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+
+
+class Witness:
+    """Unpickling this creates the file at ``path``: proof, if it appears, that a pickle ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
 
 
 @pytest.fixture
@@ -36,9 +58,13 @@ def dumped(obj: Any) -> bytes:
 
 
 def write_folder(folder: Path, model_bytes: bytes, **metadata: Any) -> Path:
-    """A model folder whose metadata matches its bytes, so only the property under test is wrong."""
+    """A model folder whose metadata matches its bytes, so only the property under test is wrong (the
+    registry's writer cannot write such metadata on purpose, which is the point)."""
     fields: dict[str, Any] = {"name": "iris", "version": "v1", "versions": runtime_versions(), **metadata}
-    return write_model_folder(folder, model_bytes, ModelMetadata(sha256=sha256_of(model_bytes), **fields))
+    folder.mkdir(parents=True)
+    (folder / MODEL_FILE).write_bytes(model_bytes)
+    (folder / METADATA_FILE).write_bytes(ModelMetadata(sha256=sha256_of(model_bytes), **fields).to_json())
+    return folder
 
 
 def test_a_model_folder_loads_with_its_metadata(iris_model_dir: Path) -> None:
@@ -64,19 +90,74 @@ def test_file_uris_and_the_model_file_itself_load_with_metadata(iris_model_dir: 
         assert model.uri == uri
 
 
-def test_a_bare_pickle_file_loads_with_default_class_names(iris_model_dir: Path, tmp_path: Path) -> None:
-    """The tutorial's IrisClassifier.sav: no metadata, so nothing to verify but the estimator."""
+@pytest.mark.parametrize("layout", ["bare file", "folder without metadata.json"])
+def test_a_model_nothing_vouches_for_is_refused_before_unpickling(tmp_path: Path, layout: str) -> None:
+    witness = tmp_path / "unpickled"
+    payload = pickle.dumps(Witness(str(witness)))
+    if layout == "bare file":
+        uri = tmp_path / "IrisClassifier.sav"
+        uri.write_bytes(payload)
+    else:
+        uri = tmp_path / "v1"
+        uri.mkdir()
+        (uri / MODEL_FILE).write_bytes(payload)
+    with pytest.raises(ModelLoadError) as error:
+        load_model(str(uri))
+    message = str(error.value)
+    assert "refusing to unpickle" in message and "has no metadata.json beside it" in message
+    assert "publish it with the store step" in message and "--allow-unverified-model" in message
+    assert not witness.exists()
+
+
+def test_the_opt_in_loads_a_bare_pickle_and_says_it_is_unverified(iris_model_dir: Path, tmp_path: Path) -> None:
+    """The tutorial's IrisClassifier.sav: no metadata, so the user vouches for it; default class names."""
     bare = tmp_path / "IrisClassifier.sav"
     shutil.copyfile(iris_model_dir / "model.joblib", bare)
-    model = load_model(str(bare))
-    assert model.metadata is None
+    model = load_model(str(bare), allow_unverified=True)
+    assert model.metadata is None and model.unverified is not None
+    assert "has no metadata.json" in model.unverified
     assert model.class_names == DEFAULT_CLASS_NAMES
     assert model.predict_proba(FEATURES[:1]).shape == (1, 3)
+    assert load_model(str(iris_model_dir), allow_unverified=True).unverified is None
 
 
-def test_metadata_beside_a_differently_named_file_is_not_applied(model_dir: Path) -> None:
+def test_metadata_beside_a_differently_named_file_vouches_for_nothing(model_dir: Path) -> None:
     (model_dir / "model.joblib").rename(model_dir / "other.joblib")
-    assert load_model(str(model_dir / "other.joblib")).metadata is None
+    with pytest.raises(ModelLoadError, match="has no metadata.json"):
+        load_model(str(model_dir / "other.joblib"))
+    assert load_model(str(model_dir / "other.joblib"), allow_unverified=True).metadata is None
+
+
+def test_with_a_signing_key_only_correctly_signed_metadata_loads(model_dir: Path) -> None:
+    metadata = (model_dir / METADATA_FILE).read_bytes()
+    (model_dir / SIGNATURE_FILE).write_bytes(sign_metadata(metadata, b"right key"))
+    assert load_model(str(model_dir), signing_key=b"right key").unverified is None
+    with pytest.raises(ModelLoadError, match="does not match its metadata.json under the configured"):
+        load_model(str(model_dir), signing_key=b"wrong key")
+    with pytest.raises(ModelLoadError, match="does not match"):  # even with the opt-in: that is tampering
+        load_model(str(model_dir), signing_key=b"wrong key", allow_unverified=True)
+
+
+def test_edited_metadata_breaks_its_signature(model_dir: Path) -> None:
+    """Whoever can write the folder but lacks the key cannot vouch for another model by editing metadata."""
+    key = b"key"
+    (model_dir / SIGNATURE_FILE).write_bytes(sign_metadata((model_dir / METADATA_FILE).read_bytes(), key))
+    edited = json.loads((model_dir / METADATA_FILE).read_text())
+    edited["class_names"] = ["a", "b", "c"]
+    (model_dir / METADATA_FILE).write_text(json.dumps(edited))
+    with pytest.raises(ModelLoadError, match="changed after publishing, or signed with another key"):
+        load_model(str(model_dir), signing_key=key)
+
+
+def test_with_a_signing_key_unsigned_metadata_is_refused_unless_opted_in(
+        model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SIGNING_KEY_ENV, "from the environment")
+    with pytest.raises(ModelLoadError) as error:
+        load_model(str(model_dir))
+    assert f"not signed ({SIGNATURE_FILE} is missing) but {SIGNING_KEY_ENV} is set" in str(error.value)
+    assert "publish the model with the signing key set" in str(error.value)
+    unsigned = load_model(str(model_dir), allow_unverified=True)
+    assert unsigned.unverified is not None and "not signed" in unsigned.unverified
 
 
 def test_class_names_come_from_metadata(tmp_path: Path, iris_model_dir: Path) -> None:
@@ -116,7 +197,7 @@ def test_a_patch_level_difference_is_accepted(tmp_path: Path, iris_model_dir: Pa
 
 
 def test_a_bare_pickle_from_another_sklearn_minor_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without metadata, the version sklearn stamps into the pickle is all there is to check."""
+    """Opted in, without metadata, the version sklearn stamps into the pickle is all there is to check."""
     features, labels = load_iris(return_X_y=True)
     estimator = LogisticRegression(max_iter=500).fit(features, labels)
     with monkeypatch.context() as patch:
@@ -125,7 +206,7 @@ def test_a_bare_pickle_from_another_sklearn_minor_is_refused(tmp_path: Path, mon
     path = tmp_path / "IrisClassifier.sav"
     path.write_bytes(model_bytes)
     with pytest.raises(ModelLoadError, match="trained with scikit-learn 0.19.0"):
-        load_model(str(path))
+        load_model(str(path), allow_unverified=True)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +224,7 @@ def test_a_truncated_model_without_metadata_is_refused(iris_model_dir: Path, tmp
     path = tmp_path / "model.joblib"
     path.write_bytes((iris_model_dir / "model.joblib").read_bytes()[:200])
     with pytest.raises(ModelLoadError, match="is not a loadable joblib/pickle file"):
-        load_model(str(path))
+        load_model(str(path), allow_unverified=True)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +255,7 @@ def test_a_binary_model_without_metadata_asks_for_class_names(tmp_path: Path) ->
     with pytest.raises(
         ModelLoadError, match="predicts 2 classes but the default iris class names .*add a metadata.json"
     ):
-        load_model(str(path))
+        load_model(str(path), allow_unverified=True)
 
 
 @pytest.mark.parametrize(
@@ -210,37 +291,42 @@ def test_uris_abflow_cannot_read_are_refused(uri: str, message: str) -> None:
 
 
 @pytest.fixture
-def fake_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``gs://bucket/...`` served from a local folder, to test how model.py addresses the store."""
-    root = tmp_path / "bucket"
-    root.mkdir()
-
-    def open_store(uri: str) -> LocalStore:
-        assert uri.startswith("gs://bucket")
-        return LocalStore(root / uri.removeprefix("gs://bucket").strip("/"))
-
-    monkeypatch.setattr("abflow.serving.store.open_store", open_store)
-    return root
+def bucket(gcs_root: str, iris_model_dir: Path) -> str:
+    """The shared model copied into a fresh bucket of the fake GCS server, as ``<bucket>/models/iris/v1``."""
+    store = open_store(gcs_root)
+    for name in (MODEL_FILE, METADATA_FILE):
+        store.write_bytes(f"models/iris/v1/{name}", (iris_model_dir / name).read_bytes())
+    return gcs_root
 
 
-def test_gcs_folders_and_files_load_through_the_store(fake_bucket: Path, iris_model_dir: Path) -> None:
-    shutil.copytree(iris_model_dir, fake_bucket / "models" / "iris" / "v1")
-    folder = load_model("gs://bucket/models/iris/v1/")
+def test_gcs_folders_and_files_load_through_the_store(bucket: str, iris_model_dir: Path) -> None:
+    folder = load_model(f"{bucket}/models/iris/v1/")
     assert folder.metadata is not None and folder.n_features == 4
-    assert load_model("gs://bucket/models/iris/v1/model.joblib").metadata is not None
-    shutil.copyfile(iris_model_dir / "model.joblib", fake_bucket / "IrisClassifier.sav")
-    assert load_model("gs://bucket/IrisClassifier.sav").metadata is None
+    assert load_model(f"{bucket}/models/iris/v1/model.joblib").metadata is not None
+    open_store(bucket).write_bytes("IrisClassifier.sav", (iris_model_dir / MODEL_FILE).read_bytes())
+    with pytest.raises(ModelLoadError, match="IrisClassifier.sav has no metadata.json"):
+        load_model(f"{bucket}/IrisClassifier.sav")
+    assert load_model(f"{bucket}/IrisClassifier.sav", allow_unverified=True).metadata is None
 
 
-def test_a_missing_gcs_model_is_refused(fake_bucket: Path) -> None:
+def test_gcs_signatures_are_checked_too(bucket: str) -> None:
+    store = open_store(bucket)
+    with pytest.raises(ModelLoadError, match="not signed"):
+        load_model(f"{bucket}/models/iris/v1", signing_key=b"key")
+    metadata = store.read_bytes(f"models/iris/v1/{METADATA_FILE}")
+    store.write_bytes(f"models/iris/v1/{SIGNATURE_FILE}", sign_metadata(metadata, b"key"))
+    assert load_model(f"{bucket}/models/iris/v1", signing_key=b"key").unverified is None
+
+
+def test_a_missing_gcs_model_is_refused(bucket: str) -> None:
     with pytest.raises(ModelLoadError, match="models/iris/v9/model.joblib does not exist"):
-        load_model("gs://bucket/models/iris/v9")
+        load_model(f"{bucket}/models/iris/v9")
 
 
-def test_a_tampered_gcs_model_is_refused(fake_bucket: Path, iris_model_dir: Path) -> None:
-    folder = Path(shutil.copytree(iris_model_dir, fake_bucket / "v1"))
-    metadata = json.loads((folder / "metadata.json").read_text())
+def test_a_tampered_gcs_model_is_refused(bucket: str) -> None:
+    store = open_store(bucket)
+    metadata = json.loads(store.read_bytes(f"models/iris/v1/{METADATA_FILE}"))
     metadata["sha256"] = "0" * 64
-    (folder / "metadata.json").write_text(json.dumps(metadata))
+    store.write_bytes(f"models/iris/v1/{METADATA_FILE}", json.dumps(metadata).encode())
     with pytest.raises(ModelLoadError, match="but metadata.json says 0000"):
-        load_model("gs://bucket/v1")
+        load_model(f"{bucket}/models/iris/v1")

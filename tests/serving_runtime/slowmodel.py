@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from abflow.serving.artifact import ModelMetadata, runtime_versions, sha256_of, write_model_folder
+from tests.fixtures.models import publish_bytes
 
 DELAY_SECONDS = 1.5
 
@@ -32,6 +32,4 @@ def write_slow_model(folder: Path) -> Path:
                       ("clf", LogisticRegression(max_iter=500))]).fit(features, labels)
     buffer = io.BytesIO()
     joblib.dump(model, buffer)
-    data = buffer.getvalue()
-    metadata = ModelMetadata(name="slow-iris", version="v1", sha256=sha256_of(data), versions=runtime_versions())
-    return write_model_folder(folder, data, metadata)
+    return publish_bytes(folder, buffer.getvalue(), name="slow-iris")
