@@ -1,14 +1,21 @@
 """The ``seldon`` deploy target: apply a SeldonDeployment, wait until it serves, roll it back.
 
-``deploy_seldon`` creates the object or patches it to the new spec (keeping the spec it replaced),
-waits until Seldon's operator reports ``status.state == "Available"`` for *this* spec, and returns a
-record holding the endpoint and the previous spec. ``rollback_seldon`` re-applies that previous spec,
-or deletes the object when the deploy created it. A deploy that never becomes available is rolled
+``deploy_seldon`` creates the object, or server-side applies the new spec over it (field manager
+``abflow``, guarded by the ``resourceVersion`` it read, so the spec it keeps for rollback is exactly
+the one it replaced), then waits until the new pods serve: the operator reports ``Available`` for
+*this* generation **and** every Deployment it made for the SeldonDeployment has rolled out (all
+replicas updated, available, none of the old left) with a pod template holding the new model URIs.
+Seldon v1 keeps ``Available`` during a rolling update, so the status alone would let a smoke test
+pass against the old pods. ``rollback_seldon`` re-applies the previous spec, or deletes the object
+when the deploy created it, but only while the object is still this deploy's (same uid and
+generation): a later run's deploy is never undone. A deploy that never becomes available is rolled
 back before the error is raised, so the previous model keeps serving.
 
-Errors say what to do: a 403 names the verb and resource the pipeline's service account lacks and
-the Role that grants it; a missing CRD says to install Seldon Core; a timeout shows the last status,
-the pods' waiting/terminated reasons and the operator's warnings.
+Errors say what to do: a 403 names the verb and resource the service account lacks, how to check it
+(``kubectl auth can-i … --as``) and how to grant the Role alone (``abflow render --rbac-only``, never
+a SeldonDeployment that would replace the one serving); a missing CRD says to install Seldon Core; a
+timeout shows the last status, the Deployments' rollout, the pods' waiting/terminated reasons and the
+operator's warnings.
 
 ``DeploymentRecord`` crosses KFP step boundaries as JSON, from the deploy step to the smoke test that
 may roll it back; ``abflow.components.deploy_targets`` dispatches between this target and ``local``.
@@ -18,12 +25,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from abflow.components.seldon_manifests import ROLE_NAME, SELDON_GROUP, SELDON_PLURAL, render_seldon_deployment
+from abflow.components.seldon_manifests import (
+    DEFAULT_SERVICE_ACCOUNT,
+    ROLE_NAME,
+    SELDON_GROUP,
+    SELDON_PLURAL,
+    render_seldon_deployment,
+)
 from abflow.serving.graph import ab_graph
 
 SELDON_VERSION = "v1"
@@ -31,6 +45,8 @@ AVAILABLE = "Available"
 FAILED = "Failed"
 SELDON_ID_LABEL = "seldon-deployment-id"
 REQUEST_TIMEOUT_S = 30.0
+FIELD_MANAGER = "abflow"
+APPLY_ATTEMPTS = 3  # a resourceVersion conflict (the operator wrote status meanwhile) is read and tried again
 INSTALL_SELDON = (
     "install Seldon Core v1 (Apache-2.0 up to 1.17): helm install seldon-core seldon-core-operator "
     "--repo https://storage.googleapis.com/seldon-charts --version 1.17.1 "
@@ -48,6 +64,14 @@ class SeldonForbiddenError(SeldonDeployError):
 
 class SeldonCrdMissingError(SeldonDeployError):
     """The cluster does not serve ``seldondeployments.machinelearning.seldon.io/v1``."""
+
+
+class _Conflict(Exception):
+    """HTTP 409: the object's resourceVersion is no longer the one a write was guarded by."""
+
+
+class SeldonRollbackConflict(SeldonDeployError):
+    """Not rolled back: the SeldonDeployment changed after this deploy (another run deployed since)."""
 
 
 class SeldonTimeoutError(SeldonDeployError):
@@ -105,23 +129,22 @@ def deploy_seldon(
     api.require_crd()
     name = _name_of(manifest)
     desired = {**manifest, "metadata": {**manifest.get("metadata", {}), "namespace": namespace}}
-    current = api.get(name)
-    if current is None:
-        applied = api.create(desired)
-        previous: dict[str, Any] | None = None
-    else:
-        previous = _restorable(current)
-        applied = api.patch(name, _apply_patch(current, desired))
+    previous, applied = _apply_guarded(api, name, desired)
+    metadata = applied.get("metadata", {})
     record = DeploymentRecord(
         target="seldon",
         name=name,
         namespace=namespace,
         endpoint=_endpoint(name, namespace, manifest, ingress_url),
         previous=previous,
-        details={"generation": applied.get("metadata", {}).get("generation")},
+        details={
+            "generation": metadata.get("generation"),
+            "uid": metadata.get("uid"),
+            "model_uris": model_uris(manifest),
+        },
     )
     try:
-        status = _wait_available(api, name, timeout=timeout, poll_interval=poll_interval)
+        status = _wait_serving(api, name, record.details["model_uris"], timeout=timeout, poll_interval=poll_interval)
     except SeldonTimeoutError as exc:
         message = str(exc)
         if rollback_on_failure:
@@ -138,6 +161,39 @@ def deploy_seldon(
     return record
 
 
+def _apply_guarded(api: _Api, name: str, desired: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Create ``desired``, or apply it over the current object only if that is still the object read:
+    returns (what it replaced, or None when created; what the server stored)."""
+    for _ in range(APPLY_ATTEMPTS):
+        current = api.get(name)
+        if current is None:
+            return None, api.create(desired)
+        try:
+            return _restorable(current), api.apply(desired, resource_version=_rv(current))
+        except _Conflict:
+            continue
+    raise SeldonDeployError(
+        f"SeldonDeployment {api.namespace}/{name} kept changing while abflow applied it ({APPLY_ATTEMPTS} "
+        "resourceVersion conflicts): another deploy is running; try again when it is done"
+    )
+
+
+def model_uris(manifest: Mapping[str, Any]) -> list[str]:
+    """The model URIs a rendered SeldonDeployment serves (``--model`` args or ``modelUri``), in order."""
+    uris: list[str] = []
+    for predictor in manifest.get("spec", {}).get("predictors", []):
+        for component in predictor.get("componentSpecs", []):
+            for container in component.get("spec", {}).get("containers", []):
+                args = list(container.get("args") or [])
+                uris += [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--model"]
+        uris += [node["modelUri"] for node in _graph_nodes(predictor.get("graph") or {}) if node.get("modelUri")]
+    return uris
+
+
+def _graph_nodes(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [node, *(leaf for child in node.get("children") or [] for leaf in _graph_nodes(child))]
+
+
 def deploy_ab_seldon(
     *,
     name: str,
@@ -146,14 +202,19 @@ def deploy_ab_seldon(
     ratio_a: float,
     image: str | None,
     namespace: str,
+    service_account: str = "",
     ingress_url: str | None = None,
     timeout: float = 600,
     api_client: Any = None,
 ) -> DeploymentRecord:
     """What the pipeline's deploy-ab step does for target ``seldon``: render the A/B graph (arm A =
-    champion) and deploy it. An empty ``image`` serves the arms with Seldon's SKLEARN_SERVER."""
+    champion) and deploy it. An empty ``image`` serves the arms with Seldon's SKLEARN_SERVER.
+    ``service_account`` is the model pods' identity (e.g. bound to a Google service account by
+    Workload Identity, to read ``gs://`` models); empty keeps the namespace's default account."""
     graph = ab_graph(name, model_a_uri, model_b_uri, ratio_a)
-    manifest = render_seldon_deployment(graph, image=image or None, namespace=namespace)
+    manifest = render_seldon_deployment(
+        graph, image=image or None, namespace=namespace, service_account=service_account or None
+    )
     return deploy_seldon(manifest, namespace=namespace, timeout=timeout, ingress_url=ingress_url, api_client=api_client)
 
 
@@ -167,60 +228,64 @@ def rollback_seldon(
 ) -> None:
     """Undo ``record``'s deploy: re-apply the spec it replaced, or delete what it created.
 
-    With ``wait``, returns once the restored spec is Available again.
+    Only while the SeldonDeployment is still the one this deploy left (same uid, same generation):
+    if another run deployed since, ``SeldonRollbackConflict`` says so and nothing is touched. With
+    ``wait``, returns once the restored spec serves again.
     """
     if record.target != "seldon":
         raise ValueError(f"record of target {record.target!r} cannot be rolled back by the seldon target")
     api = _Api(api_client or _default_api_client(), record.namespace)
-    if record.previous is None:
-        api.delete(record.name)
-        return
-    current = api.get(record.name)
-    if current is None:
-        restored = {
-            "apiVersion": f"{SELDON_GROUP}/{SELDON_VERSION}",
-            "kind": "SeldonDeployment",
-            "metadata": {"name": record.name, "namespace": record.namespace, **record.previous["metadata"]},
-            "spec": record.previous["spec"],
-        }
-        api.create(restored)
+    for _ in range(APPLY_ATTEMPTS):
+        current = api.get(record.name)
+        if current is None:
+            if record.previous is not None:
+                api.create(_restored(record))
+            break
+        _require_unchanged(record, current)
+        try:
+            if record.previous is None:
+                api.delete(record.name, uid=current["metadata"].get("uid"), resource_version=_rv(current))
+                return
+            api.apply(_restored(record), resource_version=_rv(current))
+            break
+        except _Conflict:
+            continue
     else:
-        api.patch(record.name, _apply_patch(current, record.previous))
-    if wait:
-        _wait_available(api, record.name, timeout=timeout, poll_interval=poll_interval)
+        raise SeldonDeployError(
+            f"SeldonDeployment {record.namespace}/{record.name} kept changing during the rollback "
+            f"({APPLY_ATTEMPTS} resourceVersion conflicts); check it: kubectl -n {record.namespace} get sdep "
+            f"{record.name} -o yaml"
+        )
+    if wait and record.previous is not None:
+        _wait_serving(api, record.name, model_uris(_restored(record)), timeout=timeout, poll_interval=poll_interval)
 
 
-def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: removed keys become null."""
-    patch: dict[str, Any] = {key: None for key in old if key not in new}
-    for key, value in new.items():
-        before = old.get(key)
-        if isinstance(value, Mapping) and isinstance(before, Mapping):
-            nested = merge_patch(before, value)
-            if nested:
-                patch[key] = nested
-        elif key not in old or before != value:
-            patch[key] = value
-    return patch
+def _require_unchanged(record: DeploymentRecord, current: Mapping[str, Any]) -> None:
+    metadata = current.get("metadata", {})
+    ours = (record.details.get("uid"), record.details.get("generation"))
+    now = (metadata.get("uid"), metadata.get("generation"))
+    if ours[1] is not None and now != ours:
+        raise SeldonRollbackConflict(
+            f"not rolled back: SeldonDeployment {record.namespace}/{record.name} changed after this run deployed "
+            f"it (generation {now[1]}, uid {now[0]}; this run left generation {ours[1]}, uid {ours[0]}): another "
+            "deploy is serving now and rolling back would undo it. Its own smoke test decides about it; see "
+            f"kubectl -n {record.namespace} get sdep {record.name} -o yaml"
+        )
 
 
-def _apply_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """Spec replaced exactly; labels and annotations only added or overwritten, because other tools
-    (kubectl, GitOps controllers) keep their own keys there."""
-    patch: dict[str, Any] = {}
-    spec = merge_patch(current.get("spec") or {}, desired.get("spec") or {})
-    if spec:
-        patch["spec"] = spec
-    metadata: dict[str, Any] = {}
-    for key in ("labels", "annotations"):
-        wanted = desired.get("metadata", {}).get(key) or {}
-        have = current.get("metadata", {}).get(key) or {}
-        changed = {k: v for k, v in wanted.items() if have.get(k) != v}
-        if changed:
-            metadata[key] = changed
-    if metadata:
-        patch["metadata"] = metadata
-    return patch
+def _restored(record: DeploymentRecord) -> dict[str, Any]:
+    previous = record.previous or {}
+    return {
+        "apiVersion": f"{SELDON_GROUP}/{SELDON_VERSION}",
+        "kind": "SeldonDeployment",
+        "metadata": {"name": record.name, "namespace": record.namespace, **previous.get("metadata", {})},
+        "spec": previous.get("spec", {}),
+    }
+
+
+def _rv(current: Mapping[str, Any]) -> str | None:
+    version = current.get("metadata", {}).get("resourceVersion")
+    return str(version) if version is not None else None
 
 
 def _restorable(current: Mapping[str, Any]) -> dict[str, Any]:
@@ -248,12 +313,13 @@ def _endpoint(name: str, namespace: str, manifest: Mapping[str, Any], ingress_ur
     return f"http://{name}-{predictor}.{namespace}.svc.cluster.local:8000/api/v1.0/predictions"
 
 
-def _wait_available(api: _Api, name: str, *, timeout: float, poll_interval: float) -> dict[str, Any]:
-    """Poll until the operator reports Available for the current spec generation.
+def _wait_serving(api: _Api, name: str, uris: list[str], *, timeout: float, poll_interval: float) -> dict[str, Any]:
+    """Poll until the new pods serve: Available for the current generation, and rolled out.
 
-    Seldon's status may still say Available for the *previous* spec right after a patch; when the
-    object carries ``metadata.generation`` and the status ``observedGeneration``, a status older than
-    the spec is not trusted.
+    Seldon's status may still say Available for the *previous* spec right after an apply, and Seldon
+    v1 keeps saying Available during the rolling update that follows: when the object carries
+    ``metadata.generation`` and the status ``observedGeneration``, a status older than the spec is not
+    trusted, and the operator's Deployments must have replaced every old pod (``_rollout_pending``).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -265,15 +331,45 @@ def _wait_available(api: _Api, name: str, *, timeout: float, poll_interval: floa
             )
         status = current.get("status") or {}
         fresh = _is_fresh(current)
+        pending: list[str] = []
         if fresh and status.get("state") == AVAILABLE:
-            return dict(status)
+            pending = _rollout_pending(api.deployments(name), uris)
+            if not pending:
+                return dict(status)
         if fresh and status.get("state") == FAILED:
-            raise SeldonTimeoutError(_not_available(api, name, current, "failed"), _stub(api, name))
+            raise SeldonTimeoutError(_not_available(api, name, current, "failed", pending), _stub(api, name))
         if time.monotonic() >= deadline:
-            raise SeldonTimeoutError(
-                _not_available(api, name, current, f"not Available after {timeout:g}s"), _stub(api, name)
-            )
+            why = f"not serving the new spec after {timeout:g}s" if pending else f"not Available after {timeout:g}s"
+            raise SeldonTimeoutError(_not_available(api, name, current, why, pending), _stub(api, name))
         time.sleep(poll_interval)
+
+
+def _rollout_pending(deployments: list[dict[str, Any]], uris: list[str]) -> list[str]:
+    """Why the operator's Deployments do not serve ``uris`` with new pods only yet ([] when they do).
+
+    As ``kubectl rollout status`` judges a Deployment: its controller saw the latest template, every
+    replica is updated and available, and no replica of an old template is left.
+    """
+    if not deployments:
+        return ["no Deployments of this SeldonDeployment yet"]
+    pending = []
+    for deployment in deployments:
+        name = deployment.get("metadata", {}).get("name", "?")
+        generation = deployment.get("metadata", {}).get("generation")
+        status = deployment.get("status") or {}
+        wanted = (deployment.get("spec") or {}).get("replicas", 1)
+        updated, total, available = (status.get(k, 0) for k in ("updatedReplicas", "replicas", "availableReplicas"))
+        if generation is not None and status.get("observedGeneration", 0) < generation:
+            pending.append(f"deployment {name}: its controller has not seen generation {generation} yet")
+        elif updated < wanted or total > updated or available < wanted:
+            pending.append(
+                f"deployment {name}: {updated}/{wanted} updated, {available} available, "
+                f"{max(total - updated, 0)} old replica(s) left"
+            )
+    templates = json.dumps([d.get("spec", {}).get("template", {}) for d in deployments])
+    pending += [f"no Deployment serves {uri} yet (the operator has not applied the new spec)" for uri in uris
+                if uri not in templates]  # fmt: skip
+    return pending
 
 
 def _is_fresh(current: Mapping[str, Any]) -> bool:
@@ -286,7 +382,7 @@ def _stub(api: _Api, name: str) -> DeploymentRecord:
     return DeploymentRecord(target="seldon", name=name, endpoint="", namespace=api.namespace)
 
 
-def _not_available(api: _Api, name: str, current: Mapping[str, Any], why: str) -> str:
+def _not_available(api: _Api, name: str, current: Mapping[str, Any], why: str, pending: list[str]) -> str:
     status = current.get("status") or {}
     lines = [
         f"SeldonDeployment {api.namespace}/{name} {why}: state={status.get('state', '<none>')!r}, "
@@ -297,6 +393,7 @@ def _not_available(api: _Api, name: str, current: Mapping[str, Any], why: str) -
             f"  deployment {deployment}: {info.get('availableReplicas', 0)}/{info.get('replicas', '?')} "
             f"available {info.get('description', '')}".rstrip()
         )
+    lines.extend(f"  {reason}" for reason in pending)
     lines.extend(api.pod_reasons(name))
     lines.extend(api.warnings(name))
     lines.append(
@@ -334,6 +431,7 @@ class _Api:
         self.namespace = namespace
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
         self._exception: type[Exception] = client.ApiException
 
     def require_crd(self) -> None:
@@ -359,22 +457,66 @@ class _Api:
         created: dict[str, Any] = self._seldon("create", self._custom.create_namespaced_custom_object, dict(body))
         return created
 
-    def patch(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        patched: dict[str, Any] = self._seldon("patch", self._custom.patch_namespaced_custom_object, name, dict(patch))
-        return patched
+    def apply(self, body: Mapping[str, Any], *, resource_version: str | None) -> dict[str, Any]:
+        """Server-side apply ``body`` as field manager ``abflow`` (forcing fields other managers own:
+        the deploy step decides the spec), only if the object is still at ``resource_version``.
 
-    def delete(self, name: str) -> None:
-        self._seldon("delete", self._custom.delete_namespaced_custom_object, name, missing_ok=True)
+        The kubernetes client sends merge patches only for custom objects, hence ``call_api``.
+        """
+        name = body["metadata"]["name"]
+        guarded = {**body, "metadata": {**body["metadata"], "resourceVersion": resource_version}}
+        if resource_version is None:
+            del guarded["metadata"]["resourceVersion"]
+        path = f"/apis/{SELDON_GROUP}/{SELDON_VERSION}/namespaces/{self.namespace}/{SELDON_PLURAL}/{name}"
+        try:
+            response = self.client.call_api(
+                path,
+                "PATCH",
+                query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+                body=guarded,
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )
+        except self._exception as exc:
+            if getattr(exc, "status", None) == 409:
+                raise _Conflict() from None
+            raise self._translate(exc, "patch", SELDON_PLURAL) from None
+        applied: dict[str, Any] = json.loads(response.data)
+        return applied
 
-    def _seldon(self, verb: str, method: Any, *args: Any, missing_ok: bool = False) -> Any:
+    def delete(self, name: str, *, uid: str | None = None, resource_version: str | None = None) -> None:
+        """Delete ``name`` if it is still the object with ``uid`` at ``resource_version`` (when given)."""
+        from kubernetes import client
+
+        preconditions = client.V1Preconditions(uid=uid, resource_version=resource_version)
+        options = client.V1DeleteOptions(preconditions=preconditions)
+        self._seldon("delete", self._custom.delete_namespaced_custom_object, name, missing_ok=True, body=options)
+
+    def deployments(self, name: str) -> list[dict[str, Any]]:
+        """The Deployments Seldon's operator made for SeldonDeployment ``name`` (its id label)."""
+        items = self._list(self._apps.list_namespaced_deployment, label_selector=f"{SELDON_ID_LABEL}={name}")
+        return [d for d in items if (d.get("metadata", {}).get("labels") or {}).get(SELDON_ID_LABEL) == name]
+
+    def _seldon(self, verb: str, method: Any, *args: Any, missing_ok: bool = False, **options: Any) -> Any:
         """One call on the namespace's seldondeployments; a 404 is ``None`` where ``missing_ok``."""
         try:
             return method(
-                SELDON_GROUP, SELDON_VERSION, self.namespace, SELDON_PLURAL, *args, _request_timeout=REQUEST_TIMEOUT_S
+                SELDON_GROUP,
+                SELDON_VERSION,
+                self.namespace,
+                SELDON_PLURAL,
+                *args,
+                _request_timeout=REQUEST_TIMEOUT_S,
+                **options,
             )
         except self._exception as exc:
             if missing_ok and getattr(exc, "status", None) == 404:
                 return None
+            if getattr(exc, "status", None) == 409:
+                raise _Conflict() from None  # a uid/resourceVersion precondition: the caller reads again
             raise self._translate(exc, verb, SELDON_PLURAL) from None
 
     def pod_reasons(self, name: str) -> list[str]:
@@ -403,7 +545,7 @@ class _Api:
         return [f"  event {e.get('reason', '')}: {e.get('message', '')}" for e in mine[-limit:]]
 
     def _list(self, method: Any, **selector: str) -> list[dict[str, Any]]:
-        resource = "pods" if "pod" in method.__name__ else "events"
+        resource = next(r for r in ("pods", "events", "deployments") if r.rstrip("s") in method.__name__)
         try:
             response = method(self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S, **selector)
         except self._exception as exc:
@@ -415,19 +557,33 @@ class _Api:
         status = getattr(exc, "status", None)
         message = _server_message(exc)
         if status == 403:
-            group = SELDON_GROUP if resource == SELDON_PLURAL else ""
-            qualified = f"{resource}.{group}" if group else resource
-            return SeldonForbiddenError(
-                f"forbidden: cannot {verb} {qualified} in namespace {self.namespace!r} "
-                f"(the service account needs verb {verb!r} on {qualified!r}); apply the Role "
-                f"{ROLE_NAME!r}: abflow render --target seldon --namespace {self.namespace} … | kubectl apply -f - "
-                f"(or kubectl apply -k manifests/). Server said: {message}"
-            )
+            return SeldonForbiddenError(_forbidden_advice(verb, resource, self.namespace, message))
         if status == 401:
             return SeldonDeployError(
                 f"unauthorized: the cluster rejected the credentials; refresh your kubeconfig login. {message}"
             )
         return SeldonDeployError(f"{verb} {resource} in namespace {self.namespace!r} failed: HTTP {status}: {message}")
+
+
+_SUBJECT = re.compile(r'User "(system:serviceaccount:([^:"]+):[^"]+)"')
+_GROUPS = {SELDON_PLURAL: SELDON_GROUP, "deployments": "apps"}
+
+
+def _forbidden_advice(verb: str, resource: str, namespace: str, server_said: str) -> str:
+    """What a 403 means and how to fix it without touching any SeldonDeployment: check the one verb
+    with ``kubectl auth can-i``, then apply abflow's Role and RoleBinding alone."""
+    group = _GROUPS.get(resource, "")
+    qualified = f"{resource}.{group}" if group else resource
+    found = _SUBJECT.search(server_said)
+    runner_namespace = found.group(2) if found else "kubeflow"
+    subject = found.group(1) if found else f"system:serviceaccount:{runner_namespace}:{DEFAULT_SERVICE_ACCOUNT}"
+    return (
+        f"forbidden: cannot {verb} {qualified} in namespace {namespace!r} (the service account needs verb "
+        f"{verb!r} on {qualified!r}). Check: kubectl auth can-i {verb} {qualified} -n {namespace} --as {subject}. "
+        f"Grant abflow's Role {ROLE_NAME!r} alone — RBAC only, it leaves every SeldonDeployment as it is: "
+        f"abflow render --rbac-only --namespace {namespace} --runner-namespace {runner_namespace} | kubectl apply -f - "
+        f"(or kubectl apply -f manifests/rbac/ for namespaces seldon and kubeflow). Server said: {server_said}"
+    )
 
 
 def _server_message(exc: Any) -> str:

@@ -73,12 +73,18 @@ def _add_render(subparsers: Any) -> None:
             "  abflow render --target seldon --model-a gs://bucket/abflow/models/iris/v1 \\\n"
             "      --model-b gs://bucket/abflow/models/iris/v2 --ratio-a 0.3 \\\n"
             "      --image europe-docker.pkg.dev/proj/abflow/iris-server:3f2a9c --namespace seldon\n"
-            "  abflow render --target seldon --model-a gs://bucket/abflow/models/iris/v1 | kubectl apply -f -"
+            "  abflow render --target seldon --model-a gs://bucket/abflow/models/iris/v1 | kubectl apply -f -\n"
+            "  abflow render --rbac-only --namespace seldon --runner-namespace kubeflow | kubectl apply -f -"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     render.add_argument("--target", choices=["seldon"], default="seldon", help="deploy target (default: seldon)")
-    render.add_argument("--model-a", required=True, metavar="URI", help="arm A (champion) model URI")
+    render.add_argument(
+        "--rbac-only",
+        action="store_true",
+        help="print only the ServiceAccount, Role and RoleBinding: safe to kubectl apply where a graph already serves",
+    )
+    render.add_argument("--model-a", metavar="URI", help="arm A (champion) model URI (required unless --rbac-only)")
     render.add_argument("--model-b", metavar="URI", help="arm B (challenger) model URI; omit for a single model")
     render.add_argument("--ratio-a", type=float, default=0.5, help="share of traffic to arm A (default: 0.5)")
     render.add_argument(
@@ -181,9 +187,16 @@ def _add_schedule(subparsers: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from abflow.components.seldon_manifests import render_all, to_yaml
+    from abflow.components.seldon_manifests import render_all, render_rbac, to_yaml
     from abflow.serving.graph import GraphError, ab_graph, single_model_graph
 
+    if args.rbac_only:
+        rbac = render_rbac(args.namespace, args.service_account, runner_namespace=args.runner_namespace)
+        sys.stdout.write(to_yaml(rbac))
+        return 0
+    if not args.model_a:
+        print("abflow render: --model-a is required (or --rbac-only for the RBAC alone)", file=sys.stderr)
+        return 2
     try:
         graph = (
             ab_graph(args.name, args.model_a, args.model_b, args.ratio_a)

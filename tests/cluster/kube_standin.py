@@ -1,9 +1,13 @@
 """A Kubernetes API with Seldon's CRD installed and a scripted Seldon operator, on 127.0.0.1.
 
 No API server can run here, so kmock's ``KubernetesEmulator`` (an in-memory API over real HTTP)
-stands in for it, and ``SeldonOperatorStandIn`` plays Seldon Core's operator: it watches
-SeldonDeployments over HTTP and, for every new spec generation, writes ``status`` (and pods and
-events when a scenario says the pods cannot start), as the real operator would.
+stands in for it, and ``SeldonOperatorStandIn`` plays Seldon Core's operator and the Deployment
+controller: it watches SeldonDeployments over HTTP and, for every new spec generation, writes one
+Deployment per model pod (labelled ``seldon-deployment-id``, its template holding the model URIs) and
+``status`` (and pods and events when a scenario says the pods cannot start), as the real ones would.
+With ``slow_rollout`` it behaves as Seldon v1 does during a rolling update: the status says
+``Available`` for the new generation at once while the Deployments still run old pods, until the test
+calls ``finish_rollouts``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import kmock
 from kmock._internal import enums
 
 SELDON_RESOURCE = "machinelearning.seldon.io/v1/seldondeployments"
+SELDON_ID = "seldon-deployment-id"
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 
@@ -78,8 +83,14 @@ async def seldon_cluster(*, crd_installed: bool = True) -> AsyncIterator[Cluster
         if crd_installed:
             api.resources[SELDON_RESOURCE] = kmock.ResourceInfo(kind="SeldonDeployment", namespaced=True)
         api.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True)
+        api.resources["apps/v1/deployments"] = kmock.ResourceInfo(kind="Deployment", namespaced=True)
         api.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)
         yield Cluster(api, str(server.url).rstrip("/"))
+
+
+def _leaves(node: dict[str, Any]) -> list[dict[str, Any]]:
+    children = node.get("children") or []
+    return [leaf for child in children for leaf in _leaves(child)] if children else [node]
 
 
 Outcome = Callable[[dict[str, Any]], bool]
@@ -93,7 +104,10 @@ class SeldonOperatorStandIn:
     url: str
     namespace: str
     healthy: Outcome
+    slow_rollout: bool = False
     handled: dict[str, int] = field(default_factory=dict)
+    rolling: list[str] = field(default_factory=list)
+    """Deployments whose rolling update ``finish_rollouts`` completes (``slow_rollout`` only)."""
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[SeldonOperatorStandIn]:
@@ -113,6 +127,8 @@ class SeldonOperatorStandIn:
                 event = json.loads(line)
                 if event["type"] in ("ADDED", "MODIFIED"):
                     await self._reconcile(session, event["object"])
+                elif event["type"] == "DELETED":  # a new object of the same name starts at generation 1
+                    self.handled.pop(event["object"]["metadata"]["name"], None)
 
     async def _reconcile(self, session: aiohttp.ClientSession, sdep: dict[str, Any]) -> None:
         name = sdep["metadata"]["name"]
@@ -122,6 +138,7 @@ class SeldonOperatorStandIn:
         self.handled[name] = generation
         predictor = sdep["spec"]["predictors"][0]["name"]
         deployment = f"{name}-{predictor}-0-classifier-1"
+        await self._write_deployments(session, sdep, rolled_out=self.healthy(sdep) and not self.slow_rollout)
         if self.healthy(sdep):
             status = {
                 "state": "Available",
@@ -141,6 +158,56 @@ class SeldonOperatorStandIn:
         path = f"/apis/machinelearning.seldon.io/v1/namespaces/{self.namespace}/seldondeployments/{name}/status"
         async with session.patch(path, data=json.dumps({"status": status}), headers=MERGE_PATCH) as response:
             response.raise_for_status()
+
+    async def _write_deployments(self, session: aiohttp.ClientSession, sdep: dict[str, Any], rolled_out: bool) -> None:
+        """One Deployment per componentSpec, as Seldon's operator names and labels them; the status is
+        what the Deployment controller reports: rolled out, or one new pod beside the old one."""
+        name = sdep["metadata"]["name"]
+        predictor = sdep["spec"]["predictors"][0]
+        uris = [n["modelUri"] for n in _leaves(predictor["graph"]) if n.get("modelUri")]
+        for index, component in enumerate(predictor.get("componentSpecs") or [{"spec": {"containers": []}}]):
+            pod_spec = {
+                **component["spec"],
+                # Where the real operator hands a prepackaged server its model: the storage initializer.
+                "initContainers": [{"name": "model-initializer", "args": uris}] if uris else [],
+            }
+            container = (component["spec"]["containers"] or [{"name": "classifier"}])[0]["name"]
+            deployment_name = f"{name}-{predictor['name']}-{index}-{container}"
+            body = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": deployment_name, "namespace": self.namespace, "labels": {SELDON_ID: name}},
+                "spec": {"replicas": 1, "template": {"spec": pod_spec}},
+            }
+            path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments"
+            async with session.get(f"{path}/{deployment_name}") as found:
+                exists = found.status == 200
+            method, url = (session.patch, f"{path}/{deployment_name}") if exists else (session.post, path)
+            async with method(url, data=json.dumps(body), headers=MERGE_PATCH) as response:
+                response.raise_for_status()
+                generation = (await response.json())["metadata"].get("generation", 1)
+            if rolled_out:
+                status = {"observedGeneration": generation, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+            else:
+                status = {"observedGeneration": generation, "replicas": 2, "updatedReplicas": 0 if exists else 1,
+                          "availableReplicas": 1 if exists else 0}  # fmt: skip
+                self.rolling.append(deployment_name)
+            await self._deployment_status(session, deployment_name, status)
+
+    async def _deployment_status(self, session: aiohttp.ClientSession, name: str, status: dict[str, Any]) -> None:
+        path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/status"
+        async with session.patch(path, data=json.dumps({"status": status}), headers=MERGE_PATCH) as response:
+            response.raise_for_status()
+
+    async def finish_rollouts(self) -> None:
+        """The old pods are gone and the new ones ready: what the Deployment controller reports last."""
+        async with aiohttp.ClientSession(self.url) as session:
+            while self.rolling:
+                name = self.rolling.pop()
+                async with session.get(f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}") as found:
+                    generation = (await found.json())["metadata"].get("generation", 1)
+                done = {"observedGeneration": generation, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+                await self._deployment_status(session, name, done)
 
     async def _failing_pod(self, session: aiohttp.ClientSession, name: str, generation: int) -> None:
         pod = {

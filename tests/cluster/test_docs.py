@@ -45,7 +45,7 @@ def test_every_abflow_command_in_the_cluster_guide_runs(tmp_path: Path, monkeypa
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     commands = abflow_commands(DOC.read_text())
-    assert [argv[0] for argv in commands] == ["render", "compile", "submit", "schedule", "render"]
+    assert [argv[0] for argv in commands] == ["render", "render", "compile", "submit", "schedule", "render"]
     with kfp_standin() as (host, state):
         monkeypatch.setenv("KF_PIPELINES_ENDPOINT", host)
         state.run_script = ["SUCCEEDED"]

@@ -21,10 +21,11 @@ from abflow.components.seldon_deploy import (
     DeploymentRecord,
     SeldonCrdMissingError,
     SeldonForbiddenError,
+    SeldonRollbackConflict,
     SeldonTimeoutError,
     deploy_ab_seldon,
     deploy_seldon,
-    merge_patch,
+    model_uris,
     rollback_seldon,
 )
 from abflow.components.seldon_manifests import RBAC_RULES, ROLE_NAME, render_seldon_deployment
@@ -138,10 +139,10 @@ async def test_stale_available_status_of_the_old_spec_is_not_trusted(cluster: Cl
 @pytest.mark.asyncio
 async def test_role_grants_exactly_what_the_target_calls(cluster: Cluster) -> None:
     """Every verb the target used in a full lifecycle is in the Role, and the Role grants nothing more."""
-    record = await deploy(cluster, manifest(0.5))
-    with pytest.raises(SeldonTimeoutError):
+    await rollback(cluster, await deploy(cluster, manifest(0.5)))  # create, then delete
+    await deploy(cluster, manifest(0.5))
+    with pytest.raises(SeldonTimeoutError):  # apply, then apply the previous spec back
         await deploy(cluster, manifest(0.3, image=MISSING_IMAGE), timeout=0.3)
-    await rollback(cluster, record)
     granted = {(verb, resource) for _, resource, verbs, _ in RBAC_RULES for verb in verbs}
     target_calls = {
         (verb, resource)
@@ -151,6 +152,7 @@ async def test_role_grants_exactly_what_the_target_calls(cluster: Cluster) -> No
         and verb != "watch"  # the operator stand-in's watch and writes are not the target's
     }
     operator_writes = {("create", "pods"), ("create", "events")}
+    operator_writes |= {(verb, "deployments") for verb in ("get", "create", "patch")}
     assert target_calls - operator_writes == granted
 
 
@@ -167,9 +169,29 @@ async def test_forbidden_names_the_verb_resource_and_role(cluster: Cluster) -> N
         await deploy(cluster, manifest(0.3))
     message = str(caught.value)
     assert "cannot patch seldondeployments.machinelearning.seldon.io in namespace 'models'" in message
-    assert f"apply the Role {ROLE_NAME!r}" in message
-    assert "kubectl apply" in message
+    assert (
+        "Check: kubectl auth can-i patch seldondeployments.machinelearning.seldon.io -n models "
+        "--as system:serviceaccount:kubeflow:pipeline-runner." in message
+    )
+    assert f"Grant abflow's Role {ROLE_NAME!r} alone" in message
+    assert "abflow render --rbac-only --namespace models --runner-namespace kubeflow | kubectl apply -f -" in message
     assert "system:serviceaccount:kubeflow:pipeline-runner" in message
+
+
+def test_the_403_advice_cannot_overwrite_a_serving_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command the advice names applies RBAC only: nothing it prints is a SeldonDeployment
+    (the old advice piped `abflow render` with laptop defaults over a production iris-ab)."""
+    import yaml
+
+    from abflow.pipelines.cli import main
+
+    assert main(["render", "--rbac-only", "--namespace", "models", "--runner-namespace", "kubeflow"]) == 0
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(capsys.readouterr().out)]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding"]
+    from pathlib import Path
+
+    kustomization = yaml.safe_load((Path(__file__).parents[2] / "manifests" / "kustomization.yaml").read_text())
+    assert all(resource.startswith("rbac/") for resource in kustomization["resources"])
 
 
 @pytest.mark.asyncio
@@ -190,13 +212,6 @@ async def test_missing_crd_says_to_install_seldon_core() -> None:
     assert "helm install seldon-core seldon-core-operator" in str(caught.value)
 
 
-def test_merge_patch_nulls_removed_keys_and_replaces_lists() -> None:
-    old = {"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]}
-    new = {"b": {"c": 2, "e": 4}, "l": [2]}
-    assert merge_patch(old, new) == {"a": None, "b": {"d": None, "e": 4}, "l": [2]}
-    assert merge_patch(new, new) == {}
-
-
 @pytest.mark.asyncio
 async def test_deploy_ab_renders_the_graph_the_pipeline_step_asks_for(cluster: Cluster) -> None:
     record = await asyncio.to_thread(
@@ -215,3 +230,80 @@ async def test_deploy_ab_renders_the_graph_the_pipeline_step_asks_for(cluster: C
     restored = DeploymentRecord.from_json(record.to_json())
     await rollback(cluster, restored)
     assert stored(cluster) is None
+
+
+@pytest.mark.asyncio
+async def test_deploy_waits_for_the_new_pods_not_a_stale_available() -> None:
+    """Seldon v1 says Available for the new generation during the rolling update: a smoke test run
+    then would hit the old pods. deploy must return only once the Deployments rolled out."""
+    async with seldon_cluster() as running:
+        operator = SeldonOperatorStandIn(running.url, NAMESPACE, healthy=pods_can_start)
+        async with operator.running():
+            await deploy(running, manifest(0.5))
+            operator.slow_rollout = True
+            waiting = asyncio.ensure_future(deploy(running, manifest(0.3, model_b="gs://m/iris/v3"), timeout=30))
+            await _until(lambda: stored(running)["status"].get("observedGeneration") == 2 and _lists(running) >= 3)
+            assert stored(running)["status"]["state"] == "Available"
+            assert not waiting.done(), "returned while the old pods still served"
+            await operator.finish_rollouts()
+            record = await waiting
+    assert record.details["model_uris"] == ["gs://m/iris/v1", "gs://m/iris/v3"]
+
+
+@pytest.mark.asyncio
+async def test_a_rollout_that_never_finishes_times_out_naming_the_old_replicas() -> None:
+    async with seldon_cluster() as running:
+        operator = SeldonOperatorStandIn(running.url, NAMESPACE, healthy=pods_can_start, slow_rollout=True)
+        async with operator.running():
+            with pytest.raises(SeldonTimeoutError) as caught:
+                await deploy(running, manifest(0.5), timeout=0.5, rollback_on_failure=False)
+    message = str(caught.value)
+    assert "not serving the new spec after 0.5s: state='Available'" in message
+    assert "deployment iris-ab-default-0-classifier-1: 1/1 updated, 0 available, 1 old replica(s) left" in message
+
+
+@pytest.mark.asyncio
+async def test_rollback_never_undoes_a_later_runs_deploy(cluster: Cluster) -> None:
+    """A manual run overlapping a scheduled one: run 1's failed smoke test must not revert run 2."""
+    await deploy(cluster, manifest(0.5))
+    run_1 = await deploy(cluster, manifest(0.4, model_b="gs://m/iris/v3"))
+    run_2 = await deploy(cluster, manifest(0.3, model_b="gs://m/iris/v4"))
+    with pytest.raises(SeldonRollbackConflict) as caught:
+        await rollback(cluster, run_1)
+    assert str(caught.value).startswith(
+        "not rolled back: SeldonDeployment models/iris-ab changed after this run deployed it (generation 3"
+    )
+    assert model_uris(stored(cluster)) == ["gs://m/iris/v1", "gs://m/iris/v4"], "run 2's graph still serves"
+    await rollback(cluster, run_2)
+    assert model_uris(stored(cluster)) == ["gs://m/iris/v1", "gs://m/iris/v3"]
+
+
+@pytest.mark.asyncio
+async def test_model_pods_run_as_the_given_service_account(cluster: Cluster) -> None:
+    """Under Workload Identity gs:// reads need the pods' own identity, not the namespace's default."""
+    await asyncio.to_thread(
+        deploy_ab_seldon,
+        name="iris-ab",
+        model_a_uri="gs://m/iris/v1",
+        model_b_uri="gs://m/iris/v2",
+        ratio_a=0.5,
+        image=GOOD_IMAGE,
+        namespace=NAMESPACE,
+        service_account="abflow-model-reader",
+        api_client=api_client(cluster),
+        timeout=10,
+    )
+    pods = [c["spec"] for c in stored(cluster)["spec"]["predictors"][0]["componentSpecs"]]
+    assert [pod["serviceAccountName"] for pod in pods] == ["abflow-model-reader"] * 2
+
+
+async def _until(condition: Any, timeout: float = 20.0) -> None:
+    """Poll ``condition`` on the event loop until true (the stand-ins run on this loop)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def _lists(cluster: Cluster) -> int:
+    return sum(1 for verb, resource in cluster.api.calls if (verb, resource) == ("list", "deployments"))
