@@ -138,9 +138,7 @@ def test_the_laptop_pipeline_is_refused_with_every_fix_and_nothing_sent(
 
 
 @pytest.mark.parametrize("repo", ["localhost:5000/abflow", "127.0.0.1:5000/ml"])
-def test_a_laptop_registry_is_refused_as_image_repo(
-    repo: str, kfp: tuple, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_laptop_registry_is_refused_as_image_repo(repo: str, kfp: tuple, capsys: pytest.CaptureFixture[str]) -> None:
     _, state = kfp
     assert main(["schedule", "--name", "n", "--every", "24h", "--image-repo", repo]) == 2
     assert f"--image-repo {repo} is a registry on this machine, which no cluster node can pull from" in (
