@@ -10,9 +10,19 @@ overhead is paid once per batch of requests instead of once per request.
 Frames (little-endian):
 
 * arm → executor on connect: ``<I`` length + JSON hello (node name, URI, class names, features, pid)
-* request: ``<QII`` id, rows, columns, then rows × columns float64
+* request: ``<QII`` id, rows, columns, then rows × columns float64; 0 rows × 0 columns is a
+  liveness probe (no request decodes to it), answered with an empty reply without touching the model
 * reply: ``<QiI`` id, rows, columns, then rows × columns float64; rows < 0 means an error whose
   UTF-8 message of ``columns`` bytes follows
+
+Liveness: an arm that is alive but stuck (stopped, deadlocked, in an endless loop) keeps its socket
+open, so a lost connection alone never notices it. With ``start_probing`` the executor sends a probe
+every ``PROBE_INTERVAL`` seconds on the same connection as the requests, so the answer comes from the
+same event loop that predicts; an arm that leaves one unanswered for ``PROBE_TIMEOUT`` seconds is
+marked down at once (``up`` False, its in-flight requests fail with ``ArmUnavailable``, new ones fail
+fast without waiting) and reported to the supervisor, which kills and replaces it. So a hung arm is
+down within ``PROBE_INTERVAL + PROBE_TIMEOUT`` (3 s) of hanging. The probe loop also reconnects to a
+restarted arm by itself, so ``up`` turns True again without waiting for a request.
 """
 
 from __future__ import annotations
@@ -33,9 +43,16 @@ REPLY = struct.Struct("<QiI")
 HELLO = struct.Struct("<I")
 MAX_FRAME_VALUES = 16 * 1024 * 1024
 CONNECT_TIMEOUT = 1.0
+PROBE_INTERVAL = 1.0
+"""Seconds between liveness probes (each waits for the previous one's answer first)."""
+PROBE_TIMEOUT = 2.0
+"""Seconds an arm may take to answer a probe before it counts as hung: far above the few
+milliseconds a probe waits behind the requests already queued before it, even under load."""
+LOST = "connection lost (the arm process exited?)"
 
 Rows = np.ndarray[Any, np.dtype[np.float64]]
 Predict = Callable[[Rows], Rows]
+OnHung = Callable[["ArmInfo | None"], None]
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,10 @@ class ArmUnavailable(Exception):
         self.reason = reason
 
 
+class _NoAnswer(ArmUnavailable):
+    """The arm kept a request (or probe) unanswered past its deadline."""
+
+
 class ArmFailed(Exception):
     """The arm answered with an error (its model raised)."""
 
@@ -93,6 +114,7 @@ class _ArmServerProtocol(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         frames: list[tuple[int, Rows]] = []
+        pongs: list[bytes] = []
         offset = 0
         while len(buffer) - offset >= REQUEST.size:
             request_id, rows, columns = REQUEST.unpack_from(buffer, offset)
@@ -103,12 +125,15 @@ class _ArmServerProtocol(asyncio.Protocol):
             end = offset + REQUEST.size + rows * columns * 8
             if len(buffer) < end:
                 break
-            frames.append((request_id, _rows(buffer, offset + REQUEST.size, rows, columns)))
+            if rows == columns == 0:
+                pongs.append(REPLY.pack(request_id, 0, 0))
+            else:
+                frames.append((request_id, _rows(buffer, offset + REQUEST.size, rows, columns)))
             offset = end
         del buffer[:offset]
-        if frames:
+        if frames or pongs:
             assert self._transport is not None
-            self._transport.write(b"".join(self._answer(frames)))
+            self._transport.write(b"".join([*self._answer(frames), *pongs]))
 
     def _answer(self, frames: list[tuple[int, Rows]]) -> list[bytes]:
         """Predict all complete frames; frames of one width go through the model in one call."""
@@ -170,6 +195,8 @@ class _ArmClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.hello: asyncio.Future[ArmInfo] = asyncio.get_running_loop().create_future()
         self.pending: dict[int, asyncio.Future[Rows]] = {}
+        self.reason = LOST
+        """Why the connection ended, for the requests it fails: set before closing it on purpose."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -206,7 +233,7 @@ class _ArmClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._link._lost(self)
-        error = ArmUnavailable(self._link.name, "connection lost (the arm process exited?)")
+        error = ArmUnavailable(self._link.name, self.reason)
         if not self.hello.done():
             self.hello.set_exception(error)
         for future in self.pending.values():
@@ -220,16 +247,21 @@ class ArmLink:
     is used again on the next request without any coordination."""
 
     def __init__(self, name: str, socket_path: str, *, connect_timeout: float = CONNECT_TIMEOUT,
-                 request_timeout: float = 30.0) -> None:
+                 request_timeout: float = 30.0, probe_interval: float = PROBE_INTERVAL,
+                 probe_timeout: float = PROBE_TIMEOUT) -> None:
         self.name = name
         self.socket_path = socket_path
         self.info: ArmInfo | None = None
         self.last_error: str | None = "not connected yet"
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
         self._protocol: _ArmClientProtocol | None = None
         self._connecting: asyncio.Future[_ArmClientProtocol] | None = None
         self._next_id = 0
+        self._hung = False
+        self._prober: asyncio.Future[None] | None = None
 
     @property
     def up(self) -> bool:
@@ -237,34 +269,76 @@ class ArmLink:
 
     async def connect(self) -> ArmInfo:
         """Connect (sharing one attempt between concurrent callers) and return the arm's hello."""
-        protocol = self._protocol or await self._connect_once()
+        protocol = self._protocol or await self._connect_unless_hung()
         return await protocol.hello
 
     async def predict(self, rows: Rows) -> Rows:
-        protocol = self._protocol or await self._connect_once()
+        protocol = self._protocol or await self._connect_unless_hung()
+        return await self._send(protocol, np.ascontiguousarray(rows, dtype="<f8"), self._request_timeout)
+
+    def start_probing(self, on_hung: OnHung | None = None) -> None:
+        """Probe the arm's liveness from now on (see the module docstring); ``on_hung`` is called with the
+        hung arm's hello (its pid) when one is marked down, so its supervisor can replace it."""
+        if self._prober is None:
+            self._prober = asyncio.ensure_future(self._probe_forever(on_hung))
+
+    def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+
+    async def _send(self, protocol: _ArmClientProtocol, rows: Rows, timeout: float) -> Rows:
         transport = protocol.transport
         assert transport is not None
         self._next_id = request_id = (self._next_id + 1) & 0xFFFF_FFFF_FFFF_FFFF
         future: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
         protocol.pending[request_id] = future
-        rows = np.ascontiguousarray(rows, dtype="<f8")
         transport.write(REQUEST.pack(request_id, rows.shape[0], rows.shape[1]) + rows.tobytes())
-        timer = asyncio.get_running_loop().call_later(self._request_timeout, self._expire, protocol,
-                                                      request_id)
+        timer = asyncio.get_running_loop().call_later(timeout, self._expire, protocol, request_id, timeout)
         try:
             return await future
         finally:
             timer.cancel()
 
-    def close(self) -> None:
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
-
-    def _expire(self, protocol: _ArmClientProtocol, request_id: int) -> None:
+    def _expire(self, protocol: _ArmClientProtocol, request_id: int, timeout: float) -> None:
         future = protocol.pending.pop(request_id, None)
         if future is not None and not future.done():
-            future.set_exception(ArmUnavailable(
-                self.name, f"no answer within {self._request_timeout:g}s"))
+            future.set_exception(_NoAnswer(self.name, f"no answer within {timeout:g}s"))
+
+    async def _probe_forever(self, on_hung: OnHung | None) -> None:
+        probe = np.empty((0, 0), dtype="<f8")
+        while True:
+            protocol = self._protocol
+            try:
+                if protocol is None:
+                    protocol = await self._connect_once()
+                await self._send(protocol, probe, self._probe_timeout)
+            except _NoAnswer:
+                if protocol is not None and self._protocol is protocol:
+                    info = self.info
+                    self._mark_hung(protocol)
+                    if on_hung is not None:
+                        on_hung(info)
+            except (ArmUnavailable, ArmFailed):
+                pass  # not connected (the loop tries again), or it answered, with an error, so it is alive
+            await asyncio.sleep(self._probe_interval)
+
+    def _mark_hung(self, protocol: _ArmClientProtocol) -> None:
+        """Down at once: new requests fail fast and those in flight fail now, not at their own timeout."""
+        self._hung = True
+        self._protocol = None
+        self.last_error = protocol.reason = (
+            f"no answer to a liveness probe within {self._probe_timeout:g}s (hung); it is being replaced")
+        if protocol.transport is not None:
+            protocol.transport.abort()  # not close(): that would wait to flush into a socket nobody reads
+
+    async def _connect_unless_hung(self) -> _ArmClientProtocol:
+        """Requests never wait on a hung arm's listener (it accepts but never says hello): only the probe
+        loop reconnects, once the replacement is up."""
+        if self._hung:
+            raise ArmUnavailable(self.name, self.last_error or "hung")
+        return await self._connect_once()
 
     async def _connect_once(self) -> _ArmClientProtocol:
         if self._connecting is None or self._connecting.done():
@@ -280,21 +354,23 @@ class ArmLink:
                                                                 self.socket_path)
                 info = await protocol.hello
         except ArmUnavailable as exc:
-            self.last_error = exc.reason
+            self.last_error = exc.reason if not self._hung else self.last_error
             raise
         except (OSError, TimeoutError) as exc:
             if protocol is not None and protocol.transport is not None:
-                protocol.transport.close()
+                protocol.transport.abort()
             reason = "not listening (starting or restarting)" if isinstance(
                 exc, FileNotFoundError | ConnectionRefusedError) else f"cannot connect: {exc or 'timed out'}"
-            self.last_error = reason
+            if not self._hung:
+                self.last_error = reason
             raise ArmUnavailable(self.name, reason) from None
         self.info = info
         self.last_error = None
+        self._hung = False
         self._protocol = protocol
         return protocol
 
     def _lost(self, protocol: _ArmClientProtocol) -> None:
         if self._protocol is protocol:
             self._protocol = None
-            self.last_error = "connection lost (the arm process exited?)"
+            self.last_error = protocol.reason

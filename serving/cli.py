@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from abflow.serving.artifact import ALLOW_UNVERIFIED_ENV, ALLOW_UNVERIFIED_FLAG, allow_unverified_from_env
+
 DEFAULT_STATE_DIR = Path("abflow-data") / "serving"
 STATE_DIR_ENV = "ABFLOW_STATE_DIR"
 
@@ -22,7 +24,7 @@ examples:
   abflow serve ab_test.json --model classifier-1=models/iris/v1 --model classifier-2=models/iris/v2
 
   # the tutorial's single-model graph on another port, reachable from other hosts
-  abflow serve TMPL_deployment.json --model sklearn-iris-classifier=model.joblib \\
+  abflow serve TMPL_deployment.json --model sklearn-iris-classifier=models/iris/v1 \\
       --host 0.0.0.0 --port 9000
 
   # in the background (what the pipeline's local deploy step does); then status / down
@@ -66,18 +68,23 @@ def add_commands(subparsers: Any) -> None:
                        help="SeldonDeployment file (.json, .yaml or .yml), e.g. ab_test.json")
     serve.add_argument(
         "--model", action="append", default=[], metavar="NODE=URI",
-        help="model for a MODEL node: a folder with model.joblib + metadata.json, a .joblib file, "
-             "file://... or gs://...; repeat per node, e.g. --model classifier-1=models/iris/v3. "
+        help="model for a MODEL node: a version folder with model.joblib + metadata.json (as the store "
+             "step writes it), file://... or gs://...; repeat per node, e.g. --model classifier-1=models/iris/v3. "
              "Nodes with implementation SKLEARN_SERVER may use their own modelUri instead",
     )
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8000,
-                       help="executor port (default 8000); model servers take free ports")
+                       help="executor port (default 8000), the graph's only port: its model servers listen "
+                            "on unix sockets")
     serve.add_argument("--detach", action="store_true",
                        help="start in the background, wait until ready, record it in --state-dir, exit")
     serve.add_argument("--ready-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="with --detach: how long to wait for /ready (default 30)")
+    serve.add_argument(ALLOW_UNVERIFIED_FLAG, action="store_true", default=allow_unverified_from_env(),
+                       help="also serve models that no metadata.json vouches for (a bare .joblib, or unsigned "
+                            "metadata while ABFLOW_MODEL_SIGNING_KEY is set); a pickle runs code, so only for "
+                            f"files you trust; warned about on every start (default: ${ALLOW_UNVERIFIED_ENV}=1)")
     serve.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
     _add_state_dir(serve)
     serve.set_defaults(handler=_serve)
@@ -122,7 +129,8 @@ def _serve(args: argparse.Namespace) -> int:
             state_dir = args.state_dir or default_state_dir()
             try:
                 info = start_detached(args.graph, models, host=args.host, port=args.port,
-                                      state_dir=state_dir, ready_timeout=args.ready_timeout)
+                                      state_dir=state_dir, ready_timeout=args.ready_timeout,
+                                      allow_unverified=args.allow_unverified_model)
             except DetachError as exc:
                 print(f"abflow serve: {exc}", file=sys.stderr)
                 return 1
@@ -133,7 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
             return 0
         from abflow.serving.supervisor import serve_foreground
 
-        return serve_foreground(args.graph, models, host=args.host, port=args.port, ready_file=args.ready_file)
+        return serve_foreground(args.graph, models, host=args.host, port=args.port, ready_file=args.ready_file,
+                                allow_unverified=args.allow_unverified_model)
     except (GraphError, OSError) as exc:
         print(f"abflow serve: {exc}", file=sys.stderr)
         return 2

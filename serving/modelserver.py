@@ -2,8 +2,10 @@
 
 This is what the serving image runs on a cluster (one model per container, behind Seldon's
 orchestrator), so its HTTP API is the Seldon microservice protocol itself: ``/api/v1.0/predictions``,
-``/predict``, ``/send-feedback`` and the health endpoints. Under ``abflow serve`` it additionally
-listens on a unix socket for the executor's binary frames (``abflow.serving.armlink``).
+``/predict``, ``/send-feedback`` and the health endpoints. Under ``abflow serve`` it listens only on a
+unix socket for the executor's binary frames (``abflow.serving.armlink``) and on no TCP port at all:
+the executor in front is the graph's one door, and it is the one that checks the graph's OAuth
+credentials, so an arm answering HTTP on its own port would be a way around them.
 
 Kept lean on purpose: it imports the model runtime, numpy, aiohttp and prometheus_client, nothing
 from the executor side, because every arm of a local graph is one of these processes.
@@ -23,6 +25,7 @@ import time
 import orjson
 
 from abflow.serving.armlink import ArmInfo, Rows, serve_frames
+from abflow.serving.artifact import ALLOW_UNVERIFIED_ENV, ALLOW_UNVERIFIED_FLAG, allow_unverified_from_env
 from abflow.serving.metrics import ServingMetrics
 from abflow.serving.model import LoadedModel, ModelLoadError, load_model, trust_decoded_input
 from abflow.serving.protocol import (
@@ -124,12 +127,14 @@ async def watch_parent(stop: asyncio.Event) -> None:
 
 
 async def run(args: argparse.Namespace, model: LoadedModel) -> None:
-    from abflow.serving.http import start_http
-
     server = ModelServer(model, args.name, image=args.image)
-    endpoint = await start_http(server, args.host, args.port)
+    endpoint = None
+    if args.port is not None:
+        from abflow.serving.http import start_http
+
+        endpoint = await start_http(server, args.host, args.port)
     info = ArmInfo(name=args.name, uri=model.uri, class_names=model.class_names, n_features=model.n_features,
-                   pid=os.getpid(), port=endpoint.port)
+                   pid=os.getpid(), port=endpoint.port if endpoint else None)
     frames = await serve_frames(args.socket, server.predict_rows, info) if args.socket else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,12 +142,13 @@ async def run(args: argparse.Namespace, model: LoadedModel) -> None:
         loop.add_signal_handler(signum, stop.set)
     watcher = asyncio.ensure_future(watch_parent(stop))
     # One JSON line on stdout is the readiness handshake with the supervisor.
-    print(orjson.dumps({"ready": True, "name": args.name, "port": endpoint.port, "pid": os.getpid(),
+    print(orjson.dumps({"ready": True, "name": args.name, "port": info.port, "pid": os.getpid(),
                         "socket": args.socket}).decode(), flush=True)
     await stop.wait()
     if frames is not None:
         frames.close()
-    await endpoint.stop()
+    if endpoint is not None:
+        await endpoint.stop()
     watcher.cancel()
 
 
@@ -154,26 +160,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="example: python -m abflow.serving.modelserver --model models/iris/v1 --port 9000 --name classifier",
     )
     parser.add_argument("--model", required=True, metavar="URI",
-                        help="folder with model.joblib + metadata.json, a .joblib file, file://… or gs://…")
+                        help="model version folder with model.joblib + metadata.json, file://… or gs://…")
     parser.add_argument("--name", default="classifier", help="graph node name reported in meta.requestPath")
     parser.add_argument("--image", default=None, help="image reported in meta.requestPath instead of the URI")
     parser.add_argument("--host", default=os.environ.get("ABFLOW_HOST", "127.0.0.1"),
                         help="address to bind (default 127.0.0.1; 0.0.0.0 inside a container)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("ABFLOW_PORT", "9000")),
-                        help="HTTP port (default 9000; 0 picks a free one)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="HTTP port (default $ABFLOW_PORT or 9000; 0 picks a free one); "
+                             "with --socket and no --port, no HTTP at all")
     parser.add_argument("--socket", default=None, metavar="PATH",
-                        help="also accept abflow executor frames on this unix socket")
-    return parser.parse_args(argv)
+                        help="accept abflow executor frames on this unix socket (what abflow serve uses)")
+    parser.add_argument(ALLOW_UNVERIFIED_FLAG, action="store_true", default=allow_unverified_from_env(),
+                        help="unpickle a model that no metadata.json (or no signature, with "
+                             "ABFLOW_MODEL_SIGNING_KEY set) vouches for: a pickle runs code, so only for "
+                             f"files you trust (default: ${ALLOW_UNVERIFIED_ENV}=1)")
+    args = parser.parse_args(argv)
+    if args.port is None and args.socket is None:
+        args.port = int(os.environ.get("ABFLOW_PORT", "9000"))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = parse_args(argv)
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, allow_unverified=args.allow_unverified_model)
     except ModelLoadError as exc:
         print(f"abflow model server {args.name!r}: refusing to start: {exc}", file=sys.stderr)
         return 2
+    if model.unverified is not None:
+        print(f"abflow model server {args.name!r}: WARNING: serving an UNVERIFIED model "
+              f"({ALLOW_UNVERIFIED_FLAG}): {model.unverified}", file=sys.stderr, flush=True)
     trust_decoded_input()
     try:
         asyncio.run(run(args, model))

@@ -6,6 +6,11 @@ graph is down anyway, and sharing it saves a whole interpreter of memory. Each a
 forked by the zygote (``abflow.serving.zygote``) that imported the model runtime once, in a session apart
 (a terminal's Ctrl-C reaches only the supervisor, which drains before it stops the arms); the zygote
 dies with the supervisor and the arms with the zygote, even on SIGKILL (see ``die_with_parent``).
+
+The arms listen on unix sockets only, in a runtime folder of the supervisor's own (0700, named for its
+pid, so a folder left by a SIGKILLed supervisor is recognised and removed at the next start), and on no
+TCP port: the executor is the graph's one door. Each arm's liveness is probed over its socket
+(``abflow.serving.armlink``); a hung arm is killed and forked again like a crashed one.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -31,7 +38,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from abflow.serving.armlink import PROBE_TIMEOUT, ArmInfo
+from abflow.serving.artifact import ALLOW_UNVERIFIED_FLAG
 from abflow.serving.graph import Graph, ModelNode, load_graph, resolve_model_uris
+from abflow.serving.local_files import write_atomically
 from abflow.serving.zygote import ForkedArm, Zygote, ZygoteGone
 
 ARM_READY_TIMEOUT = 60.0
@@ -42,6 +52,8 @@ STABLE_AFTER = 30.0
 ENDPOINT_FILE = "endpoint.json"
 READY_FILE = "ready.json"
 LOG_FILE = "serve.log"
+RUNTIME_PREFIX = "abflow-serve-"
+_RUNTIME_NAME = re.compile(rf"{RUNTIME_PREFIX}(\d+)-")
 # Set by start_detached(reuse_port=True) for a release that must share its port with the one it replaces.
 REUSE_PORT_ENV = "ABFLOW_REUSE_PORT"
 SO_ATTACH_REUSEPORT_CBPF = 51  # Linux; not in Python's socket module
@@ -71,22 +83,25 @@ class EndpointInfo:
 class ArmProcess:
     """One MODEL node's server process, restarted with exponential backoff when it dies."""
 
-    def __init__(self, index: int, node: ModelNode, uri: str, socket_path: str, zygote: Zygote) -> None:
+    def __init__(self, index: int, node: ModelNode, uri: str, socket_path: str, zygote: Zygote, *,
+                 allow_unverified: bool = False) -> None:
         self.index = index
         self.node = node
         self.uri = uri
         self.socket_path = socket_path
         self.zygote = zygote
+        self.allow_unverified = allow_unverified
         self.proc: ForkedArm | None = None
         self.stopping = False
 
     async def spawn(self) -> dict[str, Any]:
         image = ["--image", self.node.image] if self.node.image else []
+        unverified = [ALLOW_UNVERIFIED_FLAG] if self.allow_unverified else []
         started = time.monotonic()
         try:
+            # No --port: the arm answers only the executor's frames on its unix socket.
             self.proc = proc = await self.zygote.spawn([
-                "--model", self.uri, "--name", self.node.name, "--host", "127.0.0.1", "--port", "0",
-                "--socket", self.socket_path, *image])
+                "--model", self.uri, "--name", self.node.name, "--socket", self.socket_path, *image, *unverified])
         except ZygoteGone as exc:
             raise ArmStartError(f"cannot start the model server for node {self.node.name!r}: {exc}") from None
         try:
@@ -101,9 +116,21 @@ class ArmProcess:
             raise ArmStartError(f"model server for node {self.node.name!r} ({self.uri}) exited with code "
                                 f"{code} before it was ready; its message is above")
         ready: dict[str, Any] = json.loads(line)
-        log(f"arm {self.index} {self.node.name!r} serving {self.uri} on http://127.0.0.1:{ready['port']} "
+        log(f"arm {self.index} {self.node.name!r} serving {self.uri} "
             f"(pid {proc.pid}, ready in {time.monotonic() - started:.2f}s)")
         return ready
+
+    def replace_hung(self, info: ArmInfo | None) -> None:
+        """The arm link found this arm alive but unresponsive: kill it, and ``supervise`` forks a new one.
+
+        Only if the hung process is still the current one (``info`` is its hello): a replacement that
+        is already running is left alone."""
+        proc = self.proc
+        if self.stopping or proc is None or not proc.running or (info is not None and info.pid != proc.pid):
+            return
+        log(f"arm {self.node.name!r} (pid {proc.pid}) did not answer a liveness probe within "
+            f"{PROBE_TIMEOUT:g}s: killing it")
+        proc.kill()
 
     async def supervise(self) -> None:
         """Restart the arm whenever it exits, until ``stop``; the executor reconnects on its own."""
@@ -137,11 +164,13 @@ class ArmProcess:
 
 
 def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1",
-                     port: int = 8000, ready_file: Path | None = None, reuse_port: bool | None = None) -> int:
+                     port: int = 8000, ready_file: Path | None = None, reuse_port: bool | None = None,
+                     allow_unverified: bool = False) -> int:
     """``abflow serve`` in the foreground: returns the exit code once stopped by SIGTERM/SIGINT.
 
     ``reuse_port`` (default: the ``ABFLOW_REUSE_PORT`` environment variable is ``1``) is for a release
-    replacing another on the same port; see ``take_over``.
+    replacing another on the same port; see ``take_over``. ``allow_unverified`` lets the arms unpickle
+    models that no metadata.json vouches for (``abflow.serving.model``), with a warning on every start.
     """
     if reuse_port is None:
         reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
@@ -150,21 +179,25 @@ def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str =
     # A taken port fails at once rather than after model loading; a successor binds only once its
     # arms are up, because from then on the kernel sends it every new connection.
     sock = None if reuse_port else bind(host, port)
+    if allow_unverified:
+        log(f"WARNING: {ALLOW_UNVERIFIED_FLAG}: the arms will unpickle models that no metadata.json vouches "
+            "for, and a pickle runs code: serve only files you trust")
     zygote = Zygote.start()  # before the event loop, so its imports overlap the executor's
     try:
-        return asyncio.run(_run(graph, uris, sock, host, port, ready_file, zygote))
+        return asyncio.run(_run(graph, graph_path, uris, sock, host, port, ready_file, zygote, allow_unverified))
     finally:
         zygote.close()
 
 
-async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket | None, host: str, port: int,
-               ready_file: Path | None, zygote: Zygote) -> int:
+async def _run(graph: Graph, graph_path: Path, uris: dict[str, str], sock: socket.socket | None, host: str,
+               port: int, ready_file: Path | None, zygote: Zygote, allow_unverified: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runtime = Path(tempfile.mkdtemp(prefix="abflow-serve-"))
-    arms = [ArmProcess(i, node, uris[node.name], str(runtime / f"arm{i}.sock"), zygote)
+    runtime = runtime_dir()
+    arms = [ArmProcess(i, node, uris[node.name], str(runtime / f"arm{i}.sock"), zygote,
+                       allow_unverified=allow_unverified)
             for i, node in enumerate(graph.model_nodes())]
     try:
         log(f"starting graph {graph.name!r}: {len(arms)} model server(s) in parallel")
@@ -176,13 +209,15 @@ async def _run(graph: Graph, uris: dict[str, str], sock: socket.socket | None, h
 
         links = [ArmLink(arm.node.name, arm.socket_path) for arm in arms]
         await asyncio.gather(*(link.connect() for link in links))
+        for arm, link in zip(arms, links, strict=True):
+            link.start_probing(arm.replace_hung)
         handover = sock is None
         if sock is None:
             sock = take_over(host, port)
         endpoint = await start_http(Executor(graph, uris, links), host, 0, sock=sock)
         supervisors = [asyncio.ensure_future(arm.supervise()) for arm in arms]
         url = _url(host, endpoint.port)
-        _announce(graph, url)
+        _announce(graph, graph_path, url)
         if ready_file is not None:
             _write_json(ready_file, {"url": url, "port": endpoint.port, "pid": os.getpid()})
         await stop.wait()
@@ -224,13 +259,31 @@ async def _start_arms(arms: list[ArmProcess], stop: asyncio.Event) -> bool:
     return True
 
 
-def _announce(graph: Graph, url: str) -> None:
+def runtime_dir() -> Path:
+    """A fresh folder for this supervisor's arm sockets (0700: only its user may connect to an arm).
+
+    Named ``abflow-serve-<pid>-…`` in the temporary folder (unix socket paths must stay short, so not
+    under the state dir): a supervisor killed by SIGKILL cannot remove its own, so each start removes
+    those whose supervisor is gone."""
+    temp = Path(tempfile.gettempdir())
+    for folder in temp.glob(f"{RUNTIME_PREFIX}*-*"):
+        match = _RUNTIME_NAME.match(folder.name)
+        with contextlib.suppress(OSError):
+            if match and folder.stat().st_uid == os.getuid() and not _serving_pid_alive(int(match[1])):
+                shutil.rmtree(folder)
+    return Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=temp))
+
+
+def _announce(graph: Graph, graph_path: Path, url: str) -> None:
+    """Say where to send requests, with a command to try; never with the graph's OAuth secret in it
+    (this goes to serve.log): the command reads the credentials from environment variables."""
     router = graph.router
     split = f", {router.name!r} sends {router.ratio_a:g} of traffic to arm 0" if router else ""
     log(f"ready: {url}/api/v1.0/predictions (graph {graph.name!r}{split})")
     auth = ""
     if graph.oauth_key is not None:
-        log(f"this graph requires OAuth: TOKEN=$(curl -s -u {graph.oauth_key}:{graph.oauth_secret} "
+        log(f"this graph requires OAuth: set OAUTH_KEY and OAUTH_SECRET to spec.oauth_key and spec.oauth_secret "
+            f"of {graph_path}, then: TOKEN=$(curl -s -u \"$OAUTH_KEY:$OAUTH_SECRET\" "
             f"-d grant_type=client_credentials {url}/oauth/token | python3 -c "
             "'import json,sys;print(json.load(sys.stdin)[\"access_token\"])')")
         auth = '-H "Authorization: Bearer $TOKEN" '
@@ -274,17 +327,26 @@ def take_over(host: str, port: int) -> socket.socket:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write via rename so a reader polling for the file never sees half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    """Atomically (a reader polling for the file never sees half of it) and owner-only."""
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def _private_dir(folder: Path) -> Path:
+    """``folder``, created 0700, or tightened to 0700 when it is ours and not a shared folder like /tmp:
+    its log and records say which models serve where."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid == os.getuid() and not info.st_mode & stat.S_ISVTX and stat.S_IMODE(info.st_mode) != 0o700:
+        folder.chmod(0o700)
+    return folder
 
 
 # --- detached mode --------------------------------------------------------------------------------
 
 
 def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1", port: int = 8000,
-                   state_dir: Path, ready_timeout: float = 30.0, reuse_port: bool = False) -> EndpointInfo:
+                   state_dir: Path, ready_timeout: float = 30.0, reuse_port: bool = False,
+                   allow_unverified: bool = False) -> EndpointInfo:
     """Start ``abflow serve`` in the background, wait until it is ready, record it in ``state_dir``.
 
     Ready means the process itself wrote its ready file (arms up, listening): with ``reuse_port`` the
@@ -294,8 +356,7 @@ def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "
     """
     graph_path = Path(graph_path).resolve()
     resolve_model_uris(load_graph(graph_path), models)
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = _private_dir(Path(state_dir))
     current = endpoint_status(state_dir)
     if current is not None and current.get("running"):
         raise DetachError(f"an endpoint is already running at {current['url']} (pid {current['pid']}): "
@@ -306,8 +367,12 @@ def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "
                "--ready-file", str(ready_path)]
     for node, uri in models.items():
         command += ["--model", f"{node}={uri}"]
+    if allow_unverified:
+        command.append(ALLOW_UNVERIFIED_FLAG)
     env = {**os.environ, REUSE_PORT_ENV: "1" if reuse_port else "0"}
-    with open(log_path, "ab") as log_file:
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(log_fd, 0o600)  # a log from before logs were private
+    with os.fdopen(log_fd, "ab") as log_file:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
     deadline = time.monotonic() + ready_timeout

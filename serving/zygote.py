@@ -40,8 +40,9 @@ from typing import Any
 
 # The model server and everything it imports up to the first request, plus the estimator modules of
 # the model abflow's trainer writes (a StandardScaler + LogisticRegression pipeline), so arms
-# serving it unpickle without importing anything of their own.
-PRELOAD = ("abflow.serving.modelserver", "abflow.serving.http", "joblib", "sklearn.exceptions", "sklearn.pipeline",
+# serving it unpickle without importing anything of their own. Not its HTTP adapter (aiohttp): under
+# abflow serve an arm speaks only frames over its unix socket.
+PRELOAD = ("abflow.serving.modelserver", "joblib", "sklearn.exceptions", "sklearn.pipeline",
            "sklearn.preprocessing", "sklearn.linear_model")
 MESSAGE_BYTES = 64 * 1024
 STOP_TIMEOUT = 5.0

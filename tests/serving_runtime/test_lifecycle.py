@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from abflow.serving.supervisor import DetachError, endpoint_status, start_detached, stop_detached
+from tests.fixtures.arms import graph_arms
 from tests.fixtures.processes import free_port, wait_until
 from tests.fixtures.serving import (
     TUTORIAL_DIR,
@@ -37,7 +38,7 @@ def test_a_killed_arm_answers_503_naming_it_then_recovers(serve_graph: ServeGrap
                                                           iris_model_dir: Path, iris_model_dir_b: Path) -> None:
     served = serve_graph(ab_graph_file(tmp_path, "0.5"),
                          {"classifier-1": iris_model_dir, "classifier-2": iris_model_dir_b})
-    old_pid = served.arm_pids()["classifier-2"]
+    old_pid = graph_arms(served.proc.pid, 2)[1]
     assert served.health()["arms"][1]["status"] == "up"
     os.kill(old_pid, signal.SIGKILL)
     wait_until(lambda: not process_alive(old_pid), what="the killed arm to be gone")
@@ -63,8 +64,7 @@ def test_a_killed_arm_answers_503_naming_it_then_recovers(serve_graph: ServeGrap
     assert "degraded" in statuses or seen["503"] == 0
 
     def recovered() -> bool:
-        health = served.health()
-        return health["status"] == "ok" and health["arms"][1]["pid"] not in (None, old_pid)
+        return served.health()["status"] == "ok" and graph_arms(served.proc.pid, 2)[1] != old_pid
 
     wait_until(recovered, timeout=60, interval=0.1, what="the supervisor to restart classifier-2")
     routed = {answer["meta"]["routing"]["random-ab-test"] for answer in served.predict_many(40)}
@@ -75,7 +75,7 @@ def test_a_killed_arm_answers_503_naming_it_then_recovers(serve_graph: ServeGrap
 def test_sigterm_drains_a_slow_request_and_leaves_no_orphans(serve_graph: ServeGraph, tmp_path: Path) -> None:
     slow = write_slow_model(tmp_path / "slow")
     served = serve_graph(TUTORIAL_DIR / "TMPL_deployment.json", {"sklearn-iris-classifier": slow})
-    arm_pids = list(served.arm_pids().values())
+    arm_pids = graph_arms(served.proc.pid, 1)
     zygote = parent_pid(arm_pids[0])
     result: dict[str, requests.Response] = {}
     request = threading.Thread(target=lambda: result.setdefault("response", served.predict()))
@@ -100,7 +100,7 @@ def test_arms_and_their_zygote_die_with_a_killed_supervisor(serve_graph: ServeGr
                                                             iris_model_dir: Path) -> None:
     served = serve_graph(ab_graph_file(tmp_path, "0.5"),
                          {"classifier-1": iris_model_dir, "classifier-2": iris_model_dir})
-    arm_pids = list(served.arm_pids().values())
+    arm_pids = graph_arms(served.proc.pid, 2)
     zygotes = {parent_pid(pid) for pid in arm_pids}
     assert len(zygotes) == 1 and parent_pid(next(iter(zygotes))) == served.proc.pid
     served.proc.kill()
@@ -113,18 +113,17 @@ def test_a_killed_zygote_takes_its_arms_and_the_supervisor_starts_both_again(
         serve_graph: ServeGraph, tmp_path: Path, iris_model_dir: Path, iris_model_dir_b: Path) -> None:
     served = serve_graph(ab_graph_file(tmp_path, "0.5"),
                          {"classifier-1": iris_model_dir, "classifier-2": iris_model_dir_b})
-    old_arms = set(served.arm_pids().values())
+    old_arms = set(graph_arms(served.proc.pid, 2))
     zygote = parent_pid(next(iter(old_arms)))
     os.kill(zygote, signal.SIGKILL)
     for pid in old_arms:
         wait_until(lambda pid=pid: not process_alive(pid), what=f"arm pid {pid} to exit with its zygote")
 
     def recovered() -> bool:
-        health = served.health()
-        return health["status"] == "ok" and not old_arms & {arm["pid"] for arm in health["arms"]}
+        return served.health()["status"] == "ok" and not old_arms & set(graph_arms(served.proc.pid, 2))
 
     wait_until(recovered, timeout=60, interval=0.1, what="the supervisor to fork both arms from a new zygote")
-    new_zygotes = {parent_pid(pid) for pid in served.arm_pids().values()}
+    new_zygotes = {parent_pid(pid) for pid in graph_arms(served.proc.pid, 2)}
     assert len(new_zygotes) == 1 and zygote not in new_zygotes
     assert {answer["meta"]["routing"]["random-ab-test"] for answer in served.predict_many(40)} == {0, 1}
     assert "went down with its zygote" in served.log()
@@ -160,7 +159,7 @@ def test_detach_status_down(tmp_path: Path, iris_model_dir: Path, iris_model_dir
         status = endpoint_status(state_dir)
         assert status is not None and status["running"] and status["pid"] == info.pid
         assert status["health"]["status"] == "ok" and status["models"] == models
-        arm_pids = [arm["pid"] for arm in status["health"]["arms"]]
+        arm_pids = graph_arms(info.pid, 2)
         cli = subprocess.run([sys.executable, "-m", "abflow.serving", "status", "--state-dir", str(state_dir)],
                              capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0 and f'"url": "{info.url}"' in cli.stdout
