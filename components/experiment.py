@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from abflow.serving.store import ABSENT, StoreError, open_store
+from abflow.components.store_writes import ABSENT, open_writable_store
+from abflow.serving.store import StoreError
 
 EXPERIMENTS = "experiments"
 RUNNING = "running"
@@ -183,7 +184,7 @@ def start_experiment(
         started_by=run_id, outcomes=(outcomes,), ratio_schedule=tuple(ratio_schedule),
         traffic=({"ratio_a": float(ratio_a), "at": now, "by": run_id},),
     )
-    store = open_store(artifact_root)
+    store = open_writable_store(artifact_root)
     key = _key(model_name, experiment.id)
     if not store.write_if_unchanged(key, experiment.to_json(), ABSENT):
         raise ExperimentError(f"{store.uri_for(key)} already exists: experiment ids are never reused")
@@ -191,7 +192,7 @@ def start_experiment(
 
 
 def read_experiment(artifact_root: str, model_name: str, experiment_id: str) -> Experiment:
-    store = open_store(artifact_root)
+    store = open_writable_store(artifact_root)
     key = _key(model_name, check_id(experiment_id))
     data, _ = store.read_versioned(key)
     if data is None:
@@ -202,7 +203,7 @@ def read_experiment(artifact_root: str, model_name: str, experiment_id: str) -> 
 
 def list_experiments(artifact_root: str, model_name: str) -> list[Experiment]:
     """Every experiment of ``model_name``, oldest first."""
-    store = open_store(artifact_root)
+    store = open_writable_store(artifact_root)
     folder = f"{EXPERIMENTS}/{model_name}/"
     keys = [key for key in store.list_keys(folder) if key.endswith(".json") and "/" not in key[len(folder):]]
     experiments = [_parse(store.read_bytes(key), store.uri_for(key)) for key in keys]
@@ -220,7 +221,7 @@ def update_experiment(artifact_root: str, model_name: str, experiment_id: str,
                       change: Callable[[Experiment], Experiment]) -> Experiment:
     """Apply ``change`` to the stored record with compare-and-swap, re-reading and re-applying when
     another run changed it in between."""
-    store = open_store(artifact_root)
+    store = open_writable_store(artifact_root)
     key = _key(model_name, check_id(experiment_id))
     where = store.uri_for(key)
     for attempt in range(UPDATE_ATTEMPTS):

@@ -5,7 +5,7 @@ executor in its own pod. Kaniko reads its context from object storage, hence two
 
 * ``upload_build_context`` (plain logic, runs in the step before): packs the folder made by
   ``abflow.components.imaging.make_build_context`` into a byte-for-byte reproducible ``context.tar.gz`` and
-  writes it to ``<artifact root>/build-contexts/<tag>/`` through ``abflow.serving.store`` — the tag is the
+  writes it to ``<artifact root>/build-contexts/<tag>/`` through ``abflow.components.store_writes`` — the tag is the
   context's content hash, so an unchanged context is neither re-packed differently nor re-uploaded.
 * ``kaniko_build`` (a KFP container component): runs kaniko's executor with
   ``--context gs://…/context.tar.gz --destination IMAGE:TAG --cache=true`` and outputs the pushed
@@ -36,7 +36,7 @@ from kfp import dsl
 
 from abflow.components.imaging import BuildContext
 from abflow.components.oci_registry import registry_has_tag
-from abflow.serving.store import open_store
+from abflow.components.store_writes import open_writable_store
 
 # Pinned by tag: no registry can be reached from where this was written to confirm a digest (see
 # docs/cluster.md for the digest published for this tag and how to check it before pinning it).
@@ -94,7 +94,7 @@ def upload_build_context(context_dir: Path, artifact_root_uri: str, *, tag: str 
         )
     data = pack_build_context(context_dir)
     name = tag or hashlib.sha256(data).hexdigest()[:32]
-    store = open_store(artifact_root_uri)
+    store = open_writable_store(artifact_root_uri)
     key = f"{CONTEXT_PREFIX}/{name}/{CONTEXT_ARCHIVE}"
     if store.exists(key):
         return store.uri_for(key)

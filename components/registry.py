@@ -1,6 +1,6 @@
 """The model registry inside the artifact store: versions, their metadata, and the champion pointer.
 
-Layout under the artifact root (a folder or ``gs://bucket/prefix``, through ``abflow.serving.store``)::
+Layout under the artifact root (a folder or ``gs://bucket/prefix``, through ``abflow.components.store_writes``)::
 
     models/<name>/<version>/model.joblib        the pickled sklearn Pipeline (Seldon SKLEARN_SERVER convention)
     models/<name>/<version>/metadata.json       abflow.serving.artifact.ModelMetadata: sha256, library versions, ...
@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from abflow.components.store_writes import ABSENT, open_writable_store
 from abflow.components.training import TrainResult
 from abflow.serving.artifact import (
     METADATA_FILE,
@@ -39,7 +40,7 @@ from abflow.serving.artifact import (
     signature_matches,
     signing_key_from_env,
 )
-from abflow.serving.store import ABSENT, Store, StoreError, open_store
+from abflow.serving.store import Store, StoreError, open_store
 
 CHAMPION_FILE = "champion.json"
 PROMOTE_ATTEMPTS = 50
@@ -114,7 +115,7 @@ def publish_model(root_uri: str, name: str, train: TrainResult, *, run_id: str,
     version; a different model under an existing version is refused."""
     now = datetime.now(UTC)
     version = _check_version(version) if version is not None else new_version(now)
-    store = open_store(root_uri)
+    store = open_writable_store(root_uri)
     folder = _model_key(name, version)
     sha = sha256_of(train.model_bytes)
     metadata = ModelMetadata(
@@ -168,7 +169,7 @@ def read_model(root_uri: str, name: str, version: str) -> PublishedModel:
 
 def read_champion(root_uri: str, name: str) -> Champion | None:
     """The current champion, or ``None`` before the first promotion."""
-    store = open_store(root_uri)
+    store = open_writable_store(root_uri)
     data, _ = store.read_versioned(_champion_key(name))
     if data is None:
         return None
@@ -224,7 +225,7 @@ def promote(root_uri: str, name: str, published: PublishedModel, *, run_id: str)
     which did land (and so conflicts with itself on retry) is recognised by its promotion id."""
     if published.name != name:
         raise ValueError(f"cannot promote a model named {published.name!r} as champion of {name!r}")
-    store = open_store(root_uri)
+    store = open_writable_store(root_uri)
     key = _champion_key(name)
     where = store.uri_for(key)
     champion = Champion(version=published.version, model_uri=published.uri,

@@ -1,17 +1,10 @@
-"""One way to read and write the artifact store, whether it is a local folder or a GCS bucket.
+"""One way to read the artifact store, whether it is a local folder or a GCS bucket: what a model server
+needs to load its model, and the base the pipeline's writes build on (``abflow.components.store_writes``).
 
 ``open_store(uri)`` turns a path, a ``file://`` URI or a ``gs://bucket/prefix`` URI into a ``Store``;
 nothing else in abflow branches on the scheme (the KServe storage idea). Keys are ``/``-separated
-paths relative to the store's root, identical on both backends.
-
-Two guarantees matter beyond plain bytes in, bytes out:
-
-* **Atomic writes.** A reader never sees half a file: locally every write goes to a temporary file
-  that replaces the target with ``os.replace``; GCS object writes are atomic by nature.
-* **Compare-and-swap.** ``read_versioned`` + ``write_if_unchanged`` let two pipeline runs update the
-  same small file (the champion pointer) without losing either update. On GCS this is the object
-  generation with an ``if_generation_match`` precondition; locally it is a content token checked and
-  written while holding an exclusive ``flock`` on a sidecar lock file.
+paths relative to the store's root, identical on both backends; ``key_for`` maps a URI read from a
+record back to a key, refusing one that lies outside the store.
 
 ``google-cloud-storage`` is imported only when a ``gs://`` store is opened, so the serving image
 needs it only for GCS models, and every network call has a short deadline so that an unreachable
@@ -21,24 +14,14 @@ bucket fails in seconds with a message that says what to check, rather than hang
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NewType, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
-
-from abflow.serving.local_files import exclusive_lock, write_atomically
 
 if TYPE_CHECKING:
     from google.cloud.storage import Bucket
-
-Generation = NewType("Generation", int)
-"""An opaque version token for one key, as returned by ``read_versioned``; pass it back unchanged.
-
-``ABSENT`` (0) means "the key does not exist", mirroring GCS's ``if_generation_match=0``."""
-
-ABSENT = Generation(0)
 
 DEFAULT_DEADLINE_S = 10.0
 """Total time one GCS operation may spend retrying before it gives up. Short on purpose: a pipeline
@@ -77,30 +60,17 @@ class Store(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def write_bytes(self, key: str, data: bytes) -> str:
-        """Write ``data`` atomically, replacing what was there; return the key's URI."""
-        ...
-
-    def list_keys(self, prefix: str = "") -> list[str]:
-        """Every key that starts with ``prefix`` (a plain string prefix, as GCS lists), sorted."""
-        ...
-
-    def read_versioned(self, key: str) -> tuple[bytes | None, Generation]:
-        """The current bytes (``None`` when missing) and the token ``write_if_unchanged`` expects."""
-        ...
-
-    def write_if_unchanged(self, key: str, data: bytes, generation: Generation) -> bool:
-        """Write only if ``key`` is still at ``generation`` (``ABSENT``: still missing).
-
-        Returns ``False``, writing nothing, when someone else changed the key in between; the caller
-        re-reads and retries its read-modify-write."""
-        ...
-
 
 def open_store(uri: str, *, deadline_s: float = DEFAULT_DEADLINE_S) -> Store:
     """Open the store at a local path, ``file:///abs/path`` or ``gs://bucket[/prefix]``.
 
     ``deadline_s`` bounds each GCS operation including retries; it has no effect on local stores."""
+    where = store_location(uri)
+    return LocalStore(where) if isinstance(where, Path) else GcsStore(*where, deadline_s=deadline_s)
+
+
+def store_location(uri: str) -> Path | tuple[str, str]:
+    """Where a store URI points: a local folder, or a GCS ``(bucket, prefix)``; ``StoreError`` if nowhere."""
     if not uri:
         raise StoreError("empty artifact store URI: give a folder, file:///abs/path or gs://bucket/prefix")
     parsed = urlparse(uri)
@@ -110,20 +80,20 @@ def open_store(uri: str, *, deadline_s: float = DEFAULT_DEADLINE_S) -> Store:
         prefix = parsed.path.strip("/")
         if prefix:
             check_key(prefix)
-        return GcsStore(parsed.netloc, prefix, deadline_s=deadline_s)
+        return parsed.netloc, prefix
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise StoreError(
                 f"{uri!r} is not an absolute file URI (host {parsed.netloc!r}): use file:///abs/path "
                 "or a plain path"
             )
-        return LocalStore(Path(unquote(parsed.path)))
+        return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, i.e. a path
         raise StoreError(
             f"unsupported artifact store scheme {parsed.scheme!r} in {uri!r}: use a folder, "
             "file:///abs/path or gs://bucket/prefix"
         )
-    return LocalStore(Path(uri))
+    return Path(uri)
 
 
 def check_key(key: str) -> str:
@@ -146,25 +116,8 @@ def _relative_key(relative: str, uri: str, root: str) -> str:
                          "part, or a hidden name)") from None
 
 
-def check_prefix(prefix: str) -> str:
-    """Validate a listing prefix and return its folder part (``""`` for the root): everything up to
-    the last ``/`` must be a valid key; the last part is a partial name and may be empty."""
-    folder = prefix.rpartition("/")[0]
-    if folder:
-        check_key(folder)
-    elif prefix.startswith("/"):
-        check_key(prefix)
-    return folder
-
-
-def content_token(data: bytes) -> Generation:
-    """A non-zero token derived from the content: equal tokens mean equal bytes, which is all a
-    compare-and-swap needs (rewriting a file that still holds what we read loses nothing)."""
-    return Generation(int.from_bytes(hashlib.sha256(data).digest()[:7], "big") + 1)
-
-
 class LocalStore:
-    """A folder on this machine (or a mounted volume that supports ``flock``)."""
+    """A folder on this machine, or a mounted volume."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().absolute()
@@ -205,61 +158,6 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
-
-    def write_bytes(self, key: str, data: bytes) -> str:
-        path = self.path_for(key)
-        with self._locked(path):
-            self._replace(path, data)
-        return path.as_uri()
-
-    def list_keys(self, prefix: str = "") -> list[str]:
-        # Walk only the deepest folder the prefix names; the prefix's last part filters names there.
-        folder = self.root / check_prefix(prefix)
-        keys: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = [name for name in dirnames if not name.startswith(".")]
-            base = Path(dirpath).relative_to(self.root)
-            for name in filenames:
-                key = (base / name).as_posix()
-                if not name.startswith(".") and key.startswith(prefix):
-                    keys.append(key)
-        return sorted(keys)
-
-    def read_versioned(self, key: str) -> tuple[bytes | None, Generation]:
-        try:
-            data = self.read_bytes(key)
-        except NotFoundInStore:
-            return None, ABSENT
-        return data, content_token(data)
-
-    def write_if_unchanged(self, key: str, data: bytes, generation: Generation) -> bool:
-        path = self.path_for(key)
-        with self._locked(path):
-            try:
-                current = content_token(path.read_bytes())
-            except FileNotFoundError:
-                current = ABSENT
-            if current != generation:
-                return False
-            self._replace(path, data)
-        return True
-
-    @contextlib.contextmanager
-    def _locked(self, path: Path) -> Iterator[None]:
-        """Hold an exclusive lock on ``path``'s sidecar ``.<name>.lock``."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with exclusive_lock(path.with_name(f".{path.name}.lock")):
-                yield
-        except OSError as exc:
-            raise StoreError(f"cannot write under {path.parent.as_uri()}: {exc}") from exc
-
-    @staticmethod
-    def _replace(path: Path, data: bytes) -> None:
-        try:
-            write_atomically(path, data)
-        except OSError as exc:
-            raise StoreError(f"cannot write {path.as_uri()}: {exc}") from exc
 
 
 class GcsStore:
@@ -304,34 +202,6 @@ class GcsStore:
         with self._translate(key, action="read"):
             return bool(self._bucket.blob(self._name(key)).exists(**self._call_options()))
 
-    def write_bytes(self, key: str, data: bytes) -> str:
-        with self._translate(key, action="write"):
-            self._bucket.blob(self._name(key)).upload_from_string(data, **self._call_options())
-        return self.uri_for(key)
-
-    def list_keys(self, prefix: str = "") -> list[str]:
-        root = f"{self.prefix}/" if self.prefix else ""
-        check_prefix(prefix)
-        with self._translate(prefix, action="list"):
-            blobs = self._bucket.client.list_blobs(
-                self._bucket, prefix=root + prefix, **self._call_options()
-            )
-            return sorted(blob.name[len(root):] for blob in blobs)
-
-    def read_versioned(self, key: str) -> tuple[bytes | None, Generation]:
-        return self._download(key)
-
-    def write_if_unchanged(self, key: str, data: bytes, generation: Generation) -> bool:
-        from google.api_core.exceptions import PreconditionFailed
-
-        blob = self._bucket.blob(self._name(key))
-        with self._translate(key, action="write"):
-            try:
-                blob.upload_from_string(data, if_generation_match=generation, **self._call_options())
-            except PreconditionFailed:  # 412: the object's generation moved on (or it now exists)
-                return False
-        return True
-
     def _name(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -344,7 +214,8 @@ class GcsStore:
         attempt_s = self.deadline_s / 2
         return {"retry": DEFAULT_RETRY.with_timeout(self.deadline_s), "timeout": (attempt_s, attempt_s)}
 
-    def _download(self, key: str) -> tuple[bytes | None, Generation]:
+    def _download(self, key: str) -> tuple[bytes | None, int]:
+        """The bytes (None when missing) and the object generation they are (0 when missing)."""
         from google.api_core.exceptions import NotFound
 
         blob = self._bucket.blob(self._name(key))
@@ -352,9 +223,9 @@ class GcsStore:
             try:
                 data = blob.download_as_bytes(**self._call_options())
             except NotFound:
-                return None, ABSENT
+                return None, 0
         # The download response carries the generation of exactly the bytes it returned.
-        return data, Generation(int(blob.generation or 0))
+        return data, int(blob.generation or 0)
 
     @contextlib.contextmanager
     def _translate(self, key: str, *, action: str) -> Iterator[None]:

@@ -19,7 +19,7 @@ from abflow.components.datasets import (
     parse_csv,
     to_csv,
 )
-from abflow.serving.store import open_store
+from abflow.components.store_writes import open_writable_store
 
 KAGGLE_HEADER = "Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species"
 KAGGLE_ROWS = [
@@ -57,7 +57,7 @@ def test_a_kaggle_style_csv_reads_by_path_and_file_uri(tmp_path: Path) -> None:
 
 
 def test_a_csv_in_a_bucket_reads_through_the_store(gcs_root: str) -> None:
-    open_store(gcs_root).write_bytes("data/iris.csv", "\n".join([KAGGLE_HEADER, *KAGGLE_ROWS]).encode())
+    open_writable_store(gcs_root).write_bytes("data/iris.csv", "\n".join([KAGGLE_HEADER, *KAGGLE_ROWS]).encode())
     rows = load_labelled_rows(f"{gcs_root}/data/iris.csv")
     assert rows.labels.tolist() == [0, 0, 1, 1, 2, 2]
 

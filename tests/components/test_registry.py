@@ -21,6 +21,7 @@ from abflow.components.registry import (
     read_champion,
     read_model,
 )
+from abflow.components.store_writes import GcsWritableStore, LocalWritableStore, open_writable_store
 from abflow.components.training import TrainResult, train_iris
 from abflow.serving.artifact import (
     METADATA_FILE,
@@ -33,7 +34,7 @@ from abflow.serving.artifact import (
     signature_matches,
 )
 from abflow.serving.model import ModelLoadError, load_model
-from abflow.serving.store import GcsStore, LocalStore, StoreError, open_store
+from abflow.serving.store import StoreError
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,8 @@ def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def history(root: str) -> list[dict[str, str]]:
     """Every promotion champion.json records, oldest first."""
-    entries: list[dict[str, str]] = json.loads(open_store(root).read_bytes("models/iris/champion.json"))["history"]
+    document = json.loads(open_writable_store(root).read_bytes("models/iris/champion.json"))
+    entries: list[dict[str, str]] = document["history"]
     return entries
 
 
@@ -66,7 +68,7 @@ def test_new_version_sorts_by_time_and_is_unique() -> None:
 
 def test_publish_writes_the_layout_with_metadata(root: str, trained: TrainResult) -> None:
     published = publish_model(root, "iris", trained, run_id="run-1")
-    store = open_store(root)
+    store = open_writable_store(root)
     folder = f"models/iris/{published.version}"
     assert published.uri == store.uri_for(folder)
     assert store.list_keys("models/") == [f"{folder}/metadata.json", f"{folder}/model.joblib"]
@@ -143,7 +145,7 @@ def test_a_champion_whose_model_vanished_is_reported(tmp_path: Path, trained: Tr
 def test_a_corrupt_champion_file_is_never_overwritten(tmp_path: Path, trained: TrainResult) -> None:
     root = str(tmp_path)
     published = publish_model(root, "iris", trained, run_id="run-1")
-    open_store(root).write_bytes("models/iris/champion.json", b"{not json")
+    open_writable_store(root).write_bytes("models/iris/champion.json", b"{not json")
     with pytest.raises(ValueError, match="champion.json is not valid JSON"):
         promote(root, "iris", published, run_id="run-2")
     assert (tmp_path / "models/iris/champion.json").read_bytes() == b"{not json"
@@ -177,7 +179,7 @@ def test_racing_promotions_lose_nothing(root: str, trained: TrainResult) -> None
         f"v{i}-round-{r}" for i in (1, 2) for r in range(rounds))
     current = read_champion(root, "iris")
     assert current is not None and current.promoted_at == entries[-1]["promoted_at"]
-    document = json.loads(open_store(root).read_bytes("models/iris/champion.json"))
+    document = json.loads(open_writable_store(root).read_bytes("models/iris/champion.json"))
     assert document["promotion_id"] == entries[-1]["promotion_id"]
 
 
@@ -185,7 +187,7 @@ def test_publish_writes_the_metadata_last(root: str, trained: TrainResult, monke
     """Servers load nothing without metadata.json, so it must be the last file of a version to appear."""
     monkeypatch.setenv(SIGNING_KEY_ENV, "publishing key")
     written: list[str] = []
-    backend = LocalStore if root.startswith("/") else GcsStore
+    backend = LocalWritableStore if root.startswith("/") else GcsWritableStore
     for method in ("write_bytes", "write_if_unchanged"):
         original = getattr(backend, method)
 
@@ -203,7 +205,7 @@ def test_a_publish_cut_short_never_loads_and_a_retry_completes_it(root: str, tra
     """A step killed after writing the model (and a signature for metadata it never wrote) leaves a version
     no server loads; publishing again completes it, with a signature matching the metadata it writes."""
     monkeypatch.setenv(SIGNING_KEY_ENV, "publishing key")
-    store = open_store(root)
+    store = open_writable_store(root)
     store.write_bytes(f"models/iris/v1/{MODEL_FILE}", trained.model_bytes)
     store.write_bytes(f"models/iris/v1/{SIGNATURE_FILE}", b"0" * 64)
     with pytest.raises(ModelLoadError, match="has no metadata.json"):
@@ -217,7 +219,7 @@ def test_with_a_signing_key_publish_signs_and_servers_check_it(root: str, traine
     unsigned = publish_model(root, "iris", trained, run_id="run-1", version="v1")
     monkeypatch.setenv(SIGNING_KEY_ENV, "publishing key")
     signed = publish_model(root, "iris", trained, run_id="run-2", version="v2")
-    store = open_store(root)
+    store = open_writable_store(root)
     assert not store.exists(f"models/iris/v1/{SIGNATURE_FILE}")
     signature = store.read_bytes(f"models/iris/v2/{SIGNATURE_FILE}")
     assert signature_matches(store.read_bytes(f"models/iris/v2/{METADATA_FILE}"), signature, b"publishing key")
@@ -232,7 +234,7 @@ def test_with_a_signing_key_publish_signs_and_servers_check_it(root: str, traine
 
 def escapes(root: str) -> list[tuple[str, str]]:
     """Model URIs an edited champion.json could hold, each outside the version folders of iris in ``root``."""
-    store = open_store(root)
+    store = open_writable_store(root)
     inside = store.uri_for("models/iris/v1")
     foreign = "gs://someone-elses-bucket/models/iris/v1" if root.startswith("/") else "/tmp/models/iris/v1"
     return [
@@ -248,7 +250,7 @@ def test_a_champion_pointing_outside_its_store_is_refused(root: str, trained: Tr
     promote(root, "iris", publish_model(root, "iris", trained, run_id="run-1", version="v1"), run_id="run-1")
     publish_model(root, "iris", trained, run_id="run-2", version="v2")
     uri, reason = escapes(root)[case]
-    store = open_store(root)
+    store = open_writable_store(root)
     document = json.loads(store.read_bytes("models/iris/champion.json"))
     store.write_bytes("models/iris/champion.json", json.dumps({**document, "model_uri": uri}).encode())
     for read in (lambda: read_champion(root, "iris"), lambda: choose_arms(root, "iris", store.uri_for("x"))):

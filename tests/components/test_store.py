@@ -1,4 +1,5 @@
-"""The artifact store against both backends: a local folder and a real GCS API (fake-gcs-server)."""
+"""The artifact store against both backends: a local folder and a real GCS API (fake-gcs-server). The read
+path (``abflow.serving.store``, what model servers use) and the steps' writes (``store_writes``)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from abflow.serving.store import (
+from abflow.components.store_writes import (
     ABSENT,
-    GcsStore,
-    LocalStore,
-    NotFoundInStore,
-    Store,
-    StoreError,
-    open_store,
+    GcsWritableStore,
+    LocalWritableStore,
+    WritableStore,
+    open_writable_store,
 )
+from abflow.serving.store import GcsStore, LocalStore, NotFoundInStore, StoreError, open_store
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -30,8 +30,8 @@ def store_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(store_root: str) -> Store:
-    return open_store(store_root)
+def store(store_root: str) -> WritableStore:
+    return open_writable_store(store_root)
 
 
 def test_open_store_picks_the_backend(tmp_path: Path, gcs_emulator: str) -> None:
@@ -43,6 +43,31 @@ def test_open_store_picks_the_backend(tmp_path: Path, gcs_emulator: str) -> None
     assert gcs.uri == "gs://bucket/some/prefix"
     assert gcs.uri_for("models/iris/champion.json") == "gs://bucket/some/prefix/models/iris/champion.json"
     assert open_store("gs://bucket").uri_for("a/b") == "gs://bucket/a/b"
+    assert isinstance(open_writable_store(str(tmp_path)), LocalWritableStore)
+    assert isinstance(open_writable_store("gs://bucket/some/prefix/"), GcsWritableStore)
+
+
+def test_the_read_path_cannot_write(tmp_path: Path, gcs_emulator: str) -> None:
+    """What a model server opens has no way to change the store."""
+    for store in (open_store(str(tmp_path)), open_store("gs://bucket/abflow")):
+        assert not any(hasattr(store, name) for name in ("write_bytes", "write_if_unchanged", "read_versioned"))
+
+
+def test_key_for_maps_uris_inside_the_store_back_to_keys(store: WritableStore) -> None:
+    uri = store.uri_for("models/iris/v1")
+    assert store.key_for(uri) == store.key_for(f"{uri}/") == "models/iris/v1"
+    outside = [f"{uri}/../../../../x", store.uri.rsplit("/", 1)[0] + "/elsewhere/models/iris/v1",
+               "gs://another-bucket/models/iris/v1", "s3://bucket/models/iris/v1", store.uri]
+    for escape in outside:
+        with pytest.raises(StoreError, match="outside the store|not in the local store|does not name a key"):
+            store.key_for(escape)
+
+
+def test_key_for_takes_plain_paths_in_a_local_store(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    assert store.key_for(str(tmp_path / "models" / "iris" / "v1")) == "models/iris/v1"
+    with pytest.raises(StoreError, match="outside the store"):
+        store.key_for(str(tmp_path.parent / "elsewhere"))
 
 
 @pytest.mark.parametrize(
@@ -56,7 +81,7 @@ def test_open_store_rejects_what_it_cannot_serve(uri: str, message: str) -> None
         open_store(uri)
 
 
-def test_round_trip_and_uris(store: Store) -> None:
+def test_round_trip_and_uris(store: WritableStore) -> None:
     uri = store.write_bytes("models/iris/v1/model.joblib", b"model")
     assert uri == store.uri_for("models/iris/v1/model.joblib")
     assert uri.startswith(store.uri + "/")
@@ -68,12 +93,12 @@ def test_round_trip_and_uris(store: Store) -> None:
     assert store.read_bytes("models/iris/v1/model.joblib") == b"replaced"
 
 
-def test_missing_key_names_its_uri(store: Store) -> None:
+def test_missing_key_names_its_uri(store: WritableStore) -> None:
     with pytest.raises(NotFoundInStore, match=store.uri_for("models/nope.json")):
         store.read_bytes("models/nope.json")
 
 
-def test_list_keys_is_a_string_prefix_and_hides_internal_files(store: Store) -> None:
+def test_list_keys_is_a_string_prefix_and_hides_internal_files(store: WritableStore) -> None:
     for key in ["models/iris/v1/model.joblib", "models/iris/v1/metadata.json", "models/iris/champion.json",
                 "models/iris2/v1/model.joblib", "other.txt"]:
         store.write_bytes(key, b"x")
@@ -88,12 +113,12 @@ def test_list_keys_is_a_string_prefix_and_hides_internal_files(store: Store) -> 
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "a//b", "../escape", "a/./b", "a/.hidden"])
-def test_keys_that_could_escape_or_collide_are_refused(store: Store, key: str) -> None:
+def test_keys_that_could_escape_or_collide_are_refused(store: WritableStore, key: str) -> None:
     with pytest.raises(StoreError, match="invalid store key"):
         store.write_bytes(key, b"x")
 
 
-def test_compare_and_swap(store: Store) -> None:
+def test_compare_and_swap(store: WritableStore) -> None:
     data, generation = store.read_versioned("pointer.json")
     assert (data, generation) == (None, ABSENT)
     assert store.write_if_unchanged("pointer.json", b"first", ABSENT)
@@ -111,7 +136,7 @@ def test_compare_and_swap(store: Store) -> None:
     assert second != first
 
 
-def test_an_unconditional_write_invalidates_a_generation(store: Store) -> None:
+def test_an_unconditional_write_invalidates_a_generation(store: WritableStore) -> None:
     store.write_bytes("pointer.json", b"one")
     _, generation = store.read_versioned("pointer.json")
     store.write_bytes("pointer.json", b"two")
@@ -124,7 +149,7 @@ def test_racing_compare_and_swap_loses_no_increment(store_root: str) -> None:
     threads, increments = 4, 10
 
     def worker() -> None:
-        store = open_store(store_root)  # a client of its own, as a separate pipeline run would have
+        store = open_writable_store(store_root)  # a client of its own, as a separate pipeline run would have
         for _ in range(increments):
             while True:
                 data, generation = store.read_versioned("counter")
@@ -141,7 +166,7 @@ def test_racing_compare_and_swap_loses_no_increment(store_root: str) -> None:
 
 def test_local_writes_replace_atomically(tmp_path: Path) -> None:
     """A reader opening the file during a rewrite still sees a complete old or new content."""
-    store = open_store(str(tmp_path))
+    store = open_writable_store(str(tmp_path))
     store.write_bytes("big.bin", b"a" * 1_000_000)
     stop = threading.Event()
     torn: list[int] = []
@@ -164,7 +189,7 @@ def test_local_writes_replace_atomically(tmp_path: Path) -> None:
 
 
 def test_a_missing_bucket_says_so(gcs_emulator: str) -> None:
-    store = open_store("gs://no-such-bucket/abflow")
+    store = open_writable_store("gs://no-such-bucket/abflow")
     with pytest.raises(StoreError, match="bucket 'no-such-bucket' does not exist"):
         store.write_bytes("x", b"x")
     with pytest.raises(NotFoundInStore, match="gs://no-such-bucket/abflow/x"):
@@ -198,7 +223,7 @@ def test_an_unreachable_endpoint_fails_fast_and_says_what_to_check(
 ) -> None:
     url = request.getfixturevalue(endpoint)
     deadline_s = 1.0
-    store = open_store("gs://some-bucket/abflow", deadline_s=deadline_s)
+    store = open_writable_store("gs://some-bucket/abflow", deadline_s=deadline_s)
     for operation in (lambda: store.read_bytes("models/iris/champion.json"),
                       lambda: store.write_bytes("models/iris/champion.json", b"{}")):
         started = time.monotonic()

@@ -18,6 +18,7 @@ import sklearn.base
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+from abflow.components.store_writes import open_writable_store
 from abflow.serving.artifact import (
     DEFAULT_CLASS_NAMES,
     METADATA_FILE,
@@ -30,7 +31,6 @@ from abflow.serving.artifact import (
     sign_metadata,
 )
 from abflow.serving.model import ModelLoadError, load_model
-from abflow.serving.store import open_store
 
 FEATURES = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
 
@@ -293,7 +293,7 @@ def test_uris_abflow_cannot_read_are_refused(uri: str, message: str) -> None:
 @pytest.fixture
 def bucket(gcs_root: str, iris_model_dir: Path) -> str:
     """The shared model copied into a fresh bucket of the fake GCS server, as ``<bucket>/models/iris/v1``."""
-    store = open_store(gcs_root)
+    store = open_writable_store(gcs_root)
     for name in (MODEL_FILE, METADATA_FILE):
         store.write_bytes(f"models/iris/v1/{name}", (iris_model_dir / name).read_bytes())
     return gcs_root
@@ -303,14 +303,14 @@ def test_gcs_folders_and_files_load_through_the_store(bucket: str, iris_model_di
     folder = load_model(f"{bucket}/models/iris/v1/")
     assert folder.metadata is not None and folder.n_features == 4
     assert load_model(f"{bucket}/models/iris/v1/model.joblib").metadata is not None
-    open_store(bucket).write_bytes("IrisClassifier.sav", (iris_model_dir / MODEL_FILE).read_bytes())
+    open_writable_store(bucket).write_bytes("IrisClassifier.sav", (iris_model_dir / MODEL_FILE).read_bytes())
     with pytest.raises(ModelLoadError, match="IrisClassifier.sav has no metadata.json"):
         load_model(f"{bucket}/IrisClassifier.sav")
     assert load_model(f"{bucket}/IrisClassifier.sav", allow_unverified=True).metadata is None
 
 
 def test_gcs_signatures_are_checked_too(bucket: str) -> None:
-    store = open_store(bucket)
+    store = open_writable_store(bucket)
     with pytest.raises(ModelLoadError, match="not signed"):
         load_model(f"{bucket}/models/iris/v1", signing_key=b"key")
     metadata = store.read_bytes(f"models/iris/v1/{METADATA_FILE}")
@@ -324,7 +324,7 @@ def test_a_missing_gcs_model_is_refused(bucket: str) -> None:
 
 
 def test_a_tampered_gcs_model_is_refused(bucket: str) -> None:
-    store = open_store(bucket)
+    store = open_writable_store(bucket)
     metadata = json.loads(store.read_bytes(f"models/iris/v1/{METADATA_FILE}"))
     metadata["sha256"] = "0" * 64
     store.write_bytes(f"models/iris/v1/{METADATA_FILE}", json.dumps(metadata).encode())
