@@ -509,22 +509,15 @@ def markdown(results: dict[str, ServerResult], check_rows: list[dict[str, Any]])
 
 
 def write_model(folder: Path) -> Path:
-    """Train the model with the pipeline's own train step and write it in the artifact layout every
-    server reads (abflow checks its sha256 and versions against metadata.json)."""
-    from abflow.components.training import train_iris
-    from abflow.serving.artifact import ModelMetadata, runtime_versions, write_model_folder
+    """Train the model with the pipeline's own train step and publish it with its store step, into the
+    artifact layout every server reads (abflow checks its sha256 and versions against metadata.json)."""
+    from urllib.parse import unquote
 
-    trained = train_iris()
-    metadata = ModelMetadata(
-        name="iris",
-        version="bench",
-        sha256=trained.sha256,
-        versions=runtime_versions(),
-        class_names=trained.class_names,
-        params=trained.params,
-        metrics=trained.metrics,
-    )
-    return write_model_folder(folder, trained.model_bytes, metadata)
+    from abflow.components.registry import publish_model
+    from abflow.components.training import train_iris
+
+    published = publish_model(str(folder), "iris", train_iris(), run_id="bench", version="bench")
+    return Path(unquote(urllib.parse.urlparse(published.uri).path))
 
 
 # --- main ------------------------------------------------------------------------------------------
