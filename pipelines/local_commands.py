@@ -90,13 +90,18 @@ def add_commands(subparsers: Any) -> None:
         "compile",
         help="write the pipeline as KFP YAML for the KFP UI or `kfp run create`",
         description="Compile the pipeline to KFP v2 IR YAML.",
-        epilog="examples:\n  abflow compile -o iris_ab_pipeline.yaml "
-        "--components-image registry.example.com/ml/abflow-components:0.1.0\n"
+        epilog="examples:\n  abflow compile -o iris_ab_pipeline.yaml --image-repo registry.example.com/ml\n"
         "  abflow compile --regenerate   # rewrite the checked-in YAML files",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compile_parser.add_argument("-o", "--output", type=Path, default=Path("iris_ab_pipeline.yaml"))
-    compile_parser.add_argument(
+    images = compile_parser.add_mutually_exclusive_group()
+    images.add_argument(
+        "--image-repo",
+        metavar="REGISTRY/PATH",
+        help="name the images `abflow images push --repo REGISTRY/PATH` pushed: for a cluster",
+    )
+    images.add_argument(
         "--components-image",
         default=None,
         help="image holding abflow that every step runs in (build it from components/Containerfile)",
@@ -188,6 +193,16 @@ def compile_command(args: argparse.Namespace) -> int:
     if args.regenerate:
         for path in regenerate():
             print(f"wrote {path}")
+        return 0
+    if args.image_repo:
+        from abflow.pipelines.compiled import compile_for_registry
+
+        try:
+            refs = compile_for_registry(args.output, args.image_repo)
+        except ValueError as exc:
+            print(f"abflow compile: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.output} (steps run {refs.components}; image_repo defaults to {refs.serving_repo})")
         return 0
     output = compile_pipeline(args.output, args.components_image or DEFAULT_COMPONENTS_IMAGE)
     print(f"wrote {output}")

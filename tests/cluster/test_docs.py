@@ -1,8 +1,10 @@
 """Every ``abflow`` command in docs/cluster.md, run in order as a reader would paste it.
 
-Stand-in: ``tests/cluster/kfp_standin.py`` replaces the Kubeflow Pipelines API server (v2beta1 REST
-on 127.0.0.1) that ``KF_PIPELINES_ENDPOINT`` points at; ``kubectl``/``helm``/``buildah`` lines need a
-cluster or registry and are not run. Shell variables are filled from the doc's own settings.
+Stand-ins: ``tests/cluster/kfp_standin.py`` replaces the Kubeflow Pipelines API server (v2beta1 REST
+on 127.0.0.1) that ``KF_PIPELINES_ENDPOINT`` points at; ``abflow images push`` runs a recording
+``buildah`` stub and asks a registry stand-in (a function that has no tag) instead of the doc's
+registry, which no test may reach; ``kubectl``/``helm`` lines need a cluster and are not run. Shell
+variables are filled from the doc's own settings.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from abflow.components import imaging
+from abflow.components.imaging import image_refs
 from abflow.pipelines.cli import main
 from tests.cluster.kfp_standin import API, kfp_standin
 
@@ -22,8 +26,6 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"
 SETTINGS = {
     "BUCKET": "my-abflow-bucket",
     "REGISTRY": "europe-docker.pkg.dev/my-project/abflow",
-    "COMPONENTS_IMAGE": "europe-docker.pkg.dev/my-project/abflow/abflow-components:0.1.0",
-    "SERVING_REPO": "europe-docker.pkg.dev/my-project/abflow/iris-server",
     "SERVING_TAG": "3f2a9c0d1e2f",
 }
 
@@ -44,14 +46,30 @@ def test_every_abflow_command_in_the_cluster_guide_runs(tmp_path: Path, monkeypa
     for name, value in SETTINGS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
+    builds = tmp_path / "builds"
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for tool in ("buildah", "docker"):
+        (stubs / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {builds}\n')
+        (stubs / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")
+    asked: list[str] = []
+    monkeypatch.setattr(imaging, "registry_has_tag", lambda ref, **_: asked.append(ref) or False)
     commands = abflow_commands(DOC.read_text())
-    assert [argv[0] for argv in commands] == ["render", "render", "compile", "submit", "schedule", "render"]
+    assert [argv[0] for argv in commands] == [
+        "render", "render", "images", "compile", "submit", "schedule", "render"
+    ]  # fmt: skip
     with kfp_standin() as (host, state):
         monkeypatch.setenv("KF_PIPELINES_ENDPOINT", host)
         state.run_script = ["SUCCEEDED"]
         for argv in commands:
             assert main(argv) == 0, argv
-    assert (tmp_path / "iris_ab_pipeline.yaml").is_file()
+    refs = image_refs(SETTINGS["REGISTRY"])
+    assert asked[0] == refs.components and asked[1].startswith(f"{refs.serving_repo}:")
+    pushes = [line for line in builds.read_text().splitlines() if " push " in line]
+    assert [line.split()[-1] for line in pushes] == [f"docker://{ref}" for ref in asked]
+    compiled = yaml.safe_load((tmp_path / "iris_ab_pipeline.yaml").read_text())
+    assert refs.components in {e["container"]["image"] for e in compiled["deploymentSpec"]["executors"].values()}
     (run,) = state.calls("POST", f"{API}/runs")
     assert run.body["runtime_config"]["parameters"]["ratio_a"] == 0.5
     assert run.body["service_account"] == "abflow-pipeline-runner"
