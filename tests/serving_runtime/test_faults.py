@@ -3,22 +3,27 @@ socket stays open and only a liveness probe can tell), and a supervisor killed w
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from abflow.serving.armlink import ArmInfo, ArmLink, ArmUnavailable
 from abflow.serving.supervisor import RUNTIME_PREFIX
 from tests.fixtures.arms import graph_arms
 from tests.fixtures.processes import wait_until
-from tests.fixtures.serving import ServedGraph, ab_graph_file, process_alive, start_served_graph
+from tests.fixtures.serving import ServedGraph, ab_graph_file, process_alive, serving_env, start_served_graph
 
 ServeGraph = Callable[[Path, Mapping[str, Path | str]], ServedGraph]
 
@@ -48,6 +53,54 @@ def test_a_hung_arm_is_marked_down_then_replaced(serve_graph: ServeGraph, tmp_pa
     assert graph_arms(served.proc.pid, 2)[0] == first  # the healthy arm was left alone
     assert {answer["meta"]["routing"]["random-ab-test"] for answer in served.predict_many(40)} == {0, 1}
     assert "did not answer a liveness probe" in served.log()
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture
+def arm_process(iris_model_dir: Path, short_tmpdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """One model server speaking frames on a unix socket, as an arm of ``abflow serve`` does."""
+    socket_path = str(short_tmpdir / "arm0.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "abflow.serving.modelserver", "--model", str(iris_model_dir),
+                             "--socket", socket_path], stdout=subprocess.PIPE, env=serving_env())
+    try:
+        assert proc.stdout is not None and json.loads(proc.stdout.readline())["ready"]
+        yield proc, socket_path
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+
+
+def test_requests_to_a_hung_arm_fail_when_it_is_marked_down_and_then_fail_fast(
+        arm_process: tuple[subprocess.Popen[bytes], str]) -> None:
+    """The request in flight when the arm hangs fails with the probe's verdict (not its own 30 s timeout);
+    the next ones fail at once instead of waiting on the hung arm; the supervisor hears of it."""
+    proc, socket_path = arm_process
+    rows = np.array([[5.1, 3.5, 1.4, 0.2]])
+
+    async def scenario() -> tuple[list[ArmInfo | None], BaseException, BaseException, bool]:
+        hung: list[ArmInfo | None] = []
+        link = ArmLink("classifier", socket_path, probe_interval=0.1, probe_timeout=0.5)
+        await link.connect()
+        link.start_probing(hung.append)
+        assert (await link.predict(rows)).shape == (1, 3)
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_until(lambda: process_state(proc.pid) == "T", what="the arm to be stopped")
+        in_flight = await asyncio.gather(link.predict(rows), return_exceptions=True)
+        up_after = link.up
+        following = await asyncio.gather(link.predict(rows), return_exceptions=True)
+        link.close()
+        return hung, in_flight[0], following[0], up_after
+
+    hung, in_flight, following, up_after = asyncio.run(scenario())
+    assert [info.pid if info else None for info in hung] == [proc.pid]
+    assert not up_after
+    for error in (in_flight, following):
+        assert isinstance(error, ArmUnavailable) and "liveness probe within 0.5s" in error.reason, error
 
 
 @pytest.fixture
