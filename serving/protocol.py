@@ -20,6 +20,9 @@ import orjson
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ROWS = 100_000
+MAX_ABS_REWARD = 1e6
+"""The default bound on a reward's magnitude: far beyond any sensible reward scale, far below where a
+sum of millions of them, or of their squares, could leave float64 (|r| ≤ 1e6 gives r² ≤ 1e12)."""
 BAD_DATA = "MICROSERVICE_BAD_DATA"
 INTERNAL_ERROR = "MICROSERVICE_INTERNAL_ERROR"
 Encoding = Literal["tensor", "ndarray"]
@@ -156,13 +159,31 @@ def encode_prediction_response(
     return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def decode_feedback(body: bytes, content_type: str | None) -> Feedback:
+def check_reward(value: object, bound: float = MAX_ABS_REWARD) -> float:
+    """``value`` as a float if it is a finite number within ``±bound``, else a 400 ``SeldonError``.
+
+    The one reward validator: feedback decoding and the experiment's outcome ledger both use it, so a
+    reward that one accepts the other never refuses. Unbounded rewards would let one client turn an
+    arm's reward sum (or sum of squares) into ``inf``, and with it every mean and test statistic.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"reward must be a number, got {_json_type(value)}")
+    try:
+        reward = float(value)
+    except OverflowError:
+        reward = math.inf
+    if not math.isfinite(reward) or abs(reward) > bound:
+        raise _bad(f"reward must be a finite number between {-bound:g} and {bound:g}, got {value!r}: "
+                   "scale rewards down (or raise the bound the server was started with)")
+    return reward
+
+
+def decode_feedback(body: bytes, content_type: str | None, *, max_abs_reward: float = MAX_ABS_REWARD) -> Feedback:
     message = _decode_json_object(body, content_type)
     reward = message.get("reward")
     if isinstance(reward, bool) or not isinstance(reward, int | float):
         raise _bad(f'feedback needs a numeric "reward" (0 counts as a real observation), got {reward!r}')
-    if not math.isfinite(reward):
-        raise _bad(f"reward must be a finite number, got {reward!r}")
+    reward = check_reward(reward, max_abs_reward)
     response = message.get("response")
     meta = response.get("meta") if isinstance(response, dict) else None
     routing = meta.get("routing") if isinstance(meta, dict) else None
@@ -175,7 +196,7 @@ def decode_feedback(body: bytes, content_type: str | None) -> Feedback:
         isinstance(arm, int) and not isinstance(arm, bool) and arm >= 0 for arm in routing.values()
     ):
         raise _bad(f"response.meta.routing must map router names to child indexes, got {routing!r}")
-    return Feedback(reward=float(reward), routing=routing, truth=message.get("truth"))
+    return Feedback(reward=reward, routing=routing, truth=message.get("truth"))
 
 
 def _decode_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:

@@ -16,11 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from abflow.serving.protocol import (
+    MAX_ABS_REWARD,
     MAX_BODY_BYTES,
     Feedback,
     PredictionRequest,
     SeldonError,
     _numbers,  # noqa: PLC2701 - the fast path is checked against the slow one
+    check_reward,
     decode_feedback,
     decode_prediction_request,
     encode_prediction_response,
@@ -343,6 +345,31 @@ def test_bad_feedback_gets_a_400(raw: bytes, info: str) -> None:
         decode_feedback(raw, JSON)
     assert error.value.code == 400
     assert info in error.value.info
+
+
+@pytest.mark.parametrize("reward", [0, -1, 0.5, MAX_ABS_REWARD, -MAX_ABS_REWARD, 10**6])
+def test_rewards_within_the_bound_are_kept_as_floats(reward: float) -> None:
+    assert check_reward(reward) == float(reward) and isinstance(check_reward(reward), float)
+    assert decode_feedback(feedback_body(reward), JSON).reward == float(reward)
+
+
+@pytest.mark.parametrize(("reward", "info"), [
+    *((value, "between -1e+06 and 1e+06") for value in (1e308, -1e308, 1e6 + 1, math.inf, -math.inf, math.nan,
+                                                        10**400)),
+    *((value, "reward must be a number") for value in (True, "1", None, [1])),
+])
+def test_rewards_that_are_unbounded_or_not_numbers_are_refused_naming_the_bound(reward: Any, info: str) -> None:
+    with pytest.raises(SeldonError) as error:
+        check_reward(reward)
+    assert error.value.code == 400 and info in error.value.info
+
+
+def test_the_reward_bound_is_configurable_and_feedback_applies_it() -> None:
+    assert check_reward(5e6, bound=1e7) == 5e6
+    with pytest.raises(SeldonError, match="between -10 and 10"):
+        decode_feedback(feedback_body(11), JSON, max_abs_reward=10)
+    with pytest.raises(SeldonError, match="between -1e"):
+        decode_feedback(feedback_body(1e308), JSON)
 
 
 def test_feedback_in_an_unsupported_content_type_is_a_415() -> None:
