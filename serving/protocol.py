@@ -20,6 +20,10 @@ import orjson
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ROWS = 100_000
+MAX_NESTING = 32
+"""How deep ``meta.tags`` (echoed in every response) and feedback ``truth`` may nest. orjson refuses to
+encode past 254 levels, so deeper tags used to decode fine and then fail the response; Seldon's tags
+are flat key/value pairs, so 32 is generous."""
 MAX_ABS_REWARD = 1e6
 """The default bound on a reward's magnitude: far beyond any sensible reward scale, far below where a
 sum of millions of them, or of their squares, could leave float64 (|r| ≤ 1e6 gives r² ≤ 1e12)."""
@@ -144,6 +148,8 @@ def encode_prediction_response(
             f"the model returned shape {list(result.shape)} for {len(class_names)} class names",
             INTERNAL_ERROR,
         )
+    if not np.isfinite(result).all():
+        raise _non_finite(request, request_path)
     payload: Any = result
     if request.encoding == "tensor":
         payload = {"shape": list(result.shape), "values": result.ravel()}
@@ -156,7 +162,22 @@ def encode_prediction_response(
             "requestPath": dict(request_path),
         },
     }
-    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    try:
+        return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError as exc:
+        raise SeldonError(500, f"the response could not be encoded as JSON ({exc}); this is a bug: "
+                               "please report it with the request", INTERNAL_ERROR) from None
+
+
+def _non_finite(request: PredictionRequest, request_path: Mapping[str, str]) -> SeldonError:
+    """A 400, not a 500: a fitted classifier's probabilities go non-finite only when its arithmetic
+    overflows on extreme inputs (≈1e300), which is the request's doing; as a 5xx it would also let any
+    client inflate an arm's error rate, which the experiment's guardrails read as the model's fault."""
+    largest = float(np.abs(request.features).max())
+    nodes = ", ".join(map(repr, request_path)) or "the model"
+    return _bad(f"model {nodes} produced non-finite probabilities for these inputs (largest feature magnitude "
+                f"{largest:.3g}): values this extreme are outside what it can handle; send feature values "
+                "in the range it was trained on")
 
 
 def check_reward(value: object, bound: float = MAX_ABS_REWARD) -> float:
@@ -196,7 +217,9 @@ def decode_feedback(body: bytes, content_type: str | None, *, max_abs_reward: fl
         isinstance(arm, int) and not isinstance(arm, bool) and arm >= 0 for arm in routing.values()
     ):
         raise _bad(f"response.meta.routing must map router names to child indexes, got {routing!r}")
-    return Feedback(reward=reward, routing=routing, truth=message.get("truth"))
+    truth = message.get("truth")
+    _check_nesting(truth, "truth", "send the true label the way data is sent")
+    return Feedback(reward=reward, routing=routing, truth=truth)
 
 
 def _decode_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
@@ -342,7 +365,23 @@ def _tags(tags: object) -> dict[str, Any]:
         return {}
     if not isinstance(tags, dict):
         raise _bad(f"meta.tags must be an object, got {_json_type(tags)}")
+    _check_nesting(tags, "meta.tags", "send flat key/value tags")
     return tags
+
+
+def _check_nesting(value: object, where: str, fix: str, limit: int = MAX_NESTING) -> None:
+    """Refuse ``value`` if objects/lists nest more than ``limit`` levels deep in it (iteratively: a
+    recursive walk would itself overflow on the bodies this guards against)."""
+    if not isinstance(value, dict | list):
+        return
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise _bad(f"{where} nests deeper than {limit} levels: {fix}")
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
 
 
 def _bad(info: str) -> SeldonError:

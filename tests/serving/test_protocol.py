@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import random
+from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
+import joblib
 import numpy as np
 import orjson
 import pytest
@@ -18,6 +21,7 @@ from hypothesis import strategies as st
 from abflow.serving.protocol import (
     MAX_ABS_REWARD,
     MAX_BODY_BYTES,
+    MAX_NESTING,
     Feedback,
     PredictionRequest,
     SeldonError,
@@ -29,6 +33,7 @@ from abflow.serving.protocol import (
     new_puid,
     status_body,
 )
+from tests.fixtures.models import train_iris_bytes
 
 TUTORIAL_PAYLOAD = {
     "data": {
@@ -297,6 +302,72 @@ def test_a_model_output_that_does_not_match_its_classes_is_a_500() -> None:
     assert (error.value.code, error.value.reason) == (500, "MICROSERVICE_INTERNAL_ERROR")
 
 
+def encode(request: PredictionRequest, probabilities: Any = None) -> bytes:
+    rows = request.features.shape[0]
+    return encode_prediction_response(
+        request, np.full((rows, 3), 1 / 3) if probabilities is None else probabilities, CLASSES, puid="p",
+        routing={"random-ab-test": 0}, request_path={"classifier-1": "img:1"})
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    """``depth`` levels of alternating objects and lists around ``leaf`` (depth 1: ``{"k": leaf}``)."""
+    value = leaf
+    for level in reversed(range(depth)):
+        value = {"k": value} if level % 2 == 0 else [value]
+    return value
+
+
+def nested_text(depth: int) -> bytes:
+    """``nested(depth)`` as JSON text, for depths no JSON encoder would write."""
+    opening = b"".join(b'{"k":' if level % 2 == 0 else b"[" for level in range(depth))
+    closing = b"".join(b"}" if level % 2 == 0 else b"]" for level in reversed(range(depth)))
+    return opening + b"1" + closing
+
+
+def test_tags_nest_up_to_the_limit_and_are_echoed() -> None:
+    request = decode({**TUTORIAL_PAYLOAD, "meta": {"tags": nested(MAX_NESTING)}})
+    answer = orjson.loads(encode(request))
+    assert answer["meta"]["tags"] == nested(MAX_NESTING)
+
+
+@pytest.mark.parametrize(("depth", "info"), [
+    (MAX_NESTING + 1, f"meta.tags nests deeper than {MAX_NESTING} levels"),
+    (300, f"meta.tags nests deeper than {MAX_NESTING} levels"),  # decodes, but no encoder writes it back
+    (1000, f"meta.tags nests deeper than {MAX_NESTING} levels"),
+    (2000, "not valid JSON"),  # past orjson's own parsing limit
+])
+def test_tags_nested_deeper_than_the_limit_are_a_400_naming_it(depth: int, info: str) -> None:
+    raw = b'{"data":{"ndarray":[[1,2,3,4]]},"meta":{"tags":' + nested_text(depth) + b"}}"
+    assert nested_text(MAX_NESTING) == orjson.dumps(nested(MAX_NESTING))  # the text nests as claimed
+    with pytest.raises(SeldonError) as error:
+        decode_prediction_request(raw, JSON)
+    assert error.value.code == 400 and info in error.value.info
+
+
+def test_feedback_truth_nested_too_deep_is_a_400() -> None:
+    with pytest.raises(SeldonError, match=f"truth nests deeper than {MAX_NESTING} levels"):
+        decode_feedback(feedback_body(1, truth=nested(MAX_NESTING + 1)), JSON)
+    assert decode_feedback(feedback_body(1, truth=nested(MAX_NESTING)), JSON).truth == nested(MAX_NESTING)
+
+
+def test_a_response_that_cannot_be_encoded_is_a_seldon_500() -> None:
+    """Decoding bounds tag depth, so only a request built in code can get here; the 500 is the backstop."""
+    request = PredictionRequest(np.ones((1, 4)), "ndarray", tags=nested(300))
+    with pytest.raises(SeldonError) as error:
+        encode(request)
+    assert error.value.code == 500 and error.value.reason == "MICROSERVICE_INTERNAL_ERROR"
+    assert "could not be encoded" in error.value.info
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_probabilities_are_a_400_naming_the_model_never_a_200(bad: float) -> None:
+    request = decode(ndarray([[1.7e308, 1, 1, 1]]))
+    with pytest.raises(SeldonError) as error:
+        encode(request, np.array([[0.5, bad, 0.5]]))
+    assert error.value.code == 400
+    assert "'classifier-1'" in error.value.info and "1.7e+308" in error.value.info
+
+
 def test_puids_look_like_seldons_and_do_not_repeat() -> None:
     puids = {new_puid() for _ in range(2000)}
     assert len(puids) == 2000
@@ -543,3 +614,47 @@ def test_the_fast_number_check_agrees_with_the_element_by_element_one(values: li
         assert fast == slow
     else:
         assert fast.dtype == slow.dtype == np.float64 and np.array_equal(fast, slow, equal_nan=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=1, max_value=1100), st.booleans())
+def test_any_nesting_depth_is_refused_with_a_4xx_or_echoed_intact(depth: int, as_truth: bool) -> None:
+    """Whatever the depth, the answer is a 4xx or a response that encodes: never an encoder failure."""
+    text = nested_text(depth)
+    try:
+        if as_truth:
+            feedback = decode_feedback(b'{"reward":1,"response":{"meta":{"routing":{}}},"truth":' + text + b"}", JSON)
+            assert orjson.dumps(feedback.truth) == text
+            return
+        request = decode_prediction_request(b'{"data":{"ndarray":[[1,2,3,4]]},"meta":{"tags":' + text + b"}}", JSON)
+    except SeldonError as error:
+        assert error.code == 400 and depth > MAX_NESTING
+        return
+    assert depth <= MAX_NESTING
+    assert orjson.dumps(orjson.loads(encode(request))["meta"]["tags"]) == text
+
+
+@cache
+def iris_model() -> Any:
+    return joblib.load(io.BytesIO(train_iris_bytes()))
+
+
+magnitudes = st.floats(allow_nan=False, allow_infinity=False) | st.builds(
+    lambda mantissa, exponent: mantissa * 10.0**exponent,
+    st.floats(min_value=-9.99, max_value=9.99), st.integers(min_value=-320, max_value=307))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(magnitudes, min_size=4, max_size=4), min_size=1, max_size=5))
+def test_inputs_of_any_magnitude_get_probabilities_or_a_400_never_non_finite_numbers(rows: list[list[float]]) -> None:
+    request = decode_prediction_request(orjson.dumps(ndarray(rows)), JSON, n_features=4)
+    with np.errstate(all="ignore"):
+        probabilities = iris_model().predict_proba(request.features)
+    try:
+        answer = orjson.loads(encode(request, probabilities))
+    except SeldonError as error:
+        assert error.code == 400 and "non-finite probabilities" in error.info
+        assert not np.isfinite(probabilities).all()
+        return
+    served = np.array(answer["data"]["ndarray"], dtype=np.float64)
+    assert np.isfinite(served).all() and np.allclose(served.sum(axis=1), 1.0)
