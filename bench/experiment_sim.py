@@ -8,6 +8,9 @@
 2. Power: the champion earns ``--p``, the challenger ``--better``; looks every ``--power-every``
    feedbacks per arm up to ``--power-max``. How many feedbacks per arm until 80 % of the runs promoted.
 
+Exits 1 when abflow's A/A rejection rate is above alpha beyond its confidence interval (the issue's
+goal is <= alpha), 0 otherwise.
+
 The random rewards are drawn with numpy, whole experiments at once; every look is judged by the real
 ``abflow.components.decision.decide`` (guardrails passing), so the numbers measure the code that ships.
 
@@ -166,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nDecision: {rules}; savvi {version('savvi')}, numpy {np.__version__}")
     print(f"Command: python {shlex.join(['bench/experiment_sim.py', *(sys.argv[1:] if argv is None else argv)])}")
     print(f"Revision: {git_revision(['components', 'bench'])}; {seconds:.0f} s")
+    rejected = aa["abflow (anytime-valid)"].rejected_by(horizon)
+    if wilson(int(rejected.sum()), rejected.size)[0] > args.alpha:
+        print(f"MISSED: abflow's A/A rejection rate is above alpha = {args.alpha} beyond doubt", file=sys.stderr)
+        return 1
     return 0
 
 
