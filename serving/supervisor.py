@@ -211,7 +211,6 @@ async def _run(graph: Graph, graph_path: Path, uris: dict[str, str], sock: socke
         await asyncio.gather(*(link.connect() for link in links))
         for arm, link in zip(arms, links, strict=True):
             link.start_probing(arm.replace_hung)
-        handover = sock is None
         if sock is None:
             sock = take_over(host, port)
         endpoint = await start_http(Executor(graph, uris, links), host, 0, sock=sock)
@@ -222,7 +221,7 @@ async def _run(graph: Graph, graph_path: Path, uris: dict[str, str], sock: socke
             _write_json(ready_file, {"url": url, "port": endpoint.port, "pid": os.getpid()})
         await stop.wait()
         log("stopping: draining in-flight requests")
-        await endpoint.stop(handover=handover)
+        await endpoint.stop()
         for arm in arms:
             arm.stopping = True
         for task in supervisors:

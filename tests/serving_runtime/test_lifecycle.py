@@ -35,7 +35,9 @@ ServeGraph = Callable[[Path, Mapping[str, Path | str]], ServedGraph]
 
 
 def test_a_killed_arm_answers_503_naming_it_then_recovers(serve_graph: ServeGraph, tmp_path: Path,
-                                                          iris_model_dir: Path, iris_model_dir_b: Path) -> None:
+                                                          iris_model_dir: Path, iris_model_dir_b: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ABFLOW_ON_ARM_DOWN", "fail")  # the default, failover, is test_hardening's
     served = serve_graph(ab_graph_file(tmp_path, "0.5"),
                          {"classifier-1": iris_model_dir, "classifier-2": iris_model_dir_b})
     old_pid = graph_arms(served.proc.pid, 2)[1]
