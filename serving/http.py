@@ -27,7 +27,9 @@ import asyncio
 import gc
 import logging
 import socket
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -56,8 +58,10 @@ class HttpEndpoint:
         self.metrics = service.metrics
         self.port = 0
         self.draining = False
+        # lingering_time=0: aiohttp would otherwise read and discard a refused request's body for up to
+        # 10 s before closing, which is exactly the spending a refusal is for avoiding.
         self.server = _Server(self, self._respond, keepalive_timeout=limits.keepalive_timeout, access_log=None,
-                              max_headers=MAX_HEADERS, auto_decompress=False)
+                              max_headers=MAX_HEADERS, auto_decompress=False, lingering_time=0)
         self.runner = web.ServerRunner(self.server, shutdown_timeout=DRAIN_SECONDS, access_log=None)
         self._site: web.SockSite | None = None
 
@@ -89,12 +93,14 @@ class HttpEndpoint:
         connection = request.protocol
         assert isinstance(connection, _Connection)
         connection.request_started()
-        label = OTHER_PATH
+        label = self.service.routes.label(request.path)
         try:
-            label, reply, close = await self._answer(request, connection)
+            reply, close = await self._answer(request, connection)
         except Exception as exc:  # noqa: BLE001 - any bug still gets a Seldon 500, counted, and the server serves on
-            logger.error("internal error answering %s %s: %s", request.method, request.path[:200],
-                         type(exc).__name__, exc_info=exc)
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            # Where, not what: an exception's message may quote a header, a token or the body.
+            logger.error("internal error answering %s %s: %s at %s:%s in %s", request.method, label,
+                         type(exc).__name__, Path(frame.filename).name, frame.lineno, frame.name)
             reply = status_reply(500, f"internal error ({type(exc).__name__}); the server keeps serving: "
                                       "please report it", INTERNAL_ERROR)
             close = True
@@ -106,45 +112,45 @@ class HttpEndpoint:
         connection.request_done()
         return response
 
-    async def _answer(self, request: web.BaseRequest, connection: _Connection) -> tuple[str, Reply, bool]:
-        """The route's label, the reply and whether to close the connection after it."""
+    async def _answer(self, request: web.BaseRequest, connection: _Connection) -> tuple[Reply, bool]:
+        """The reply, and whether to close the connection after it (when a body is left unread)."""
         headers = request.headers
         has_body = request.body_exists
         if connection.over_limit:
-            return OTHER_PATH, status_reply(503, f"over {self.limits.max_connections} open connections: retry "
-                                                 "shortly", UNAVAILABLE), True
+            return status_reply(503, f"over {self.limits.max_connections} open connections: retry shortly",
+                                UNAVAILABLE), True
         head = Call(request.method, request.path, headers.get("Content-Type"), headers.get("Authorization"), b"",
                     request.remote, headers)
         service = self.service
         admitted = service.routes.admit(head)
         if isinstance(admitted, Reply):
-            return OTHER_PATH if admitted.status == 404 else head.path.rstrip("/") or "/", admitted, has_body
+            return admitted, has_body
         route = admitted
         if not has_body:
-            return route.path, await route.handler(head), False
+            return await route.handler(head), False
         length = request.content_length
         if length is not None and length > route.max_body:
-            return route.path, body_too_large(route), True
+            return body_too_large(route), True
         encoding = headers.get("Content-Encoding", "identity")
         if encoding.lower() != "identity":
-            return route.path, status_reply(415, f"Content-Encoding {encoding[:50]!r} is not supported: send the "
-                                                 "body uncompressed"), True
+            return status_reply(415, f"Content-Encoding {encoding[:50]!r} is not supported: send the body "
+                                     "uncompressed"), True
         expect = headers.get("Expect")
         if expect is not None and expect.lower() != "100-continue":
-            return route.path, status_reply(417, f"Expect: {expect[:100]!r} is not supported; send "
-                                                 "'Expect: 100-continue' or none"), True
+            return status_reply(417, f"Expect: {expect[:100]!r} is not supported; send 'Expect: 100-continue' "
+                                     "or none"), True
         budget = _Reservation(self)
         try:
             if not budget.take(length or 0):
-                return route.path, self._busy(), True
+                return self._busy(), True
             if expect is not None:
                 await request.writer.write(CONTINUE)
                 request.writer.output_size = 0  # as aiohttp's own expect handler: the response has not begun
             body = await self._read_body(request, route, budget)
             if isinstance(body, Reply):
-                return route.path, body, True
-            return route.path, await route.handler(Call(head.method, head.path, head.content_type,
-                                                        head.authorization, body, head.remote, headers)), False
+                return body, True
+            return await route.handler(Call(head.method, head.path, head.content_type, head.authorization, body,
+                                            head.remote, headers)), False
         finally:
             budget.release()
 

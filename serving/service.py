@@ -92,12 +92,15 @@ class Routes:
         if method == "GET":
             self._table[path].setdefault("HEAD", route)
 
+    def label(self, path: str) -> str:
+        """``path`` as the table knows it, or ``OTHER_PATH``: the metrics label of a request to it."""
+        methods = self._methods(path)
+        return next(iter(methods.values())).path if methods else OTHER_PATH
+
     def admit(self, call: Call) -> Route | Reply:
         """The route that will answer ``call``, or the reply refusing it, from the call's head alone."""
         path = call.path
-        methods = self._table.get(path)
-        if methods is None and len(path) > 1 and path.endswith("/"):
-            methods = self._table.get(path.rstrip("/"))
+        methods = self._methods(path)
         if methods is None:
             return status_reply(404, f"no endpoint at {path[:200]!r}; predictions go to POST /api/v1.0/predictions")
         route = methods.get(call.method)
@@ -107,6 +110,12 @@ class Routes:
                                 headers=(("Allow", allowed),))
         refusal = route.guard(call) if route.guard is not None else None
         return route if refusal is None else refusal
+
+    def _methods(self, path: str) -> dict[str, Route] | None:
+        methods = self._table.get(path)
+        if methods is None and len(path) > 1 and path.endswith("/"):
+            methods = self._table.get(path.rstrip("/"))
+        return methods
 
     async def dispatch(self, call: Call) -> Reply:
         admitted = self.admit(call)
