@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from abflow.serving.artifact import ALLOW_UNVERIFIED_ENV, ALLOW_UNVERIFIED_FLAG, allow_unverified_from_env
+from abflow.serving.limits import add_limit_arguments, export_limits
 
 DEFAULT_STATE_DIR = Path("abflow-data") / "serving"
 STATE_DIR_ENV = "ABFLOW_STATE_DIR"
@@ -87,6 +88,7 @@ def add_commands(subparsers: Any) -> None:
                             f"files you trust; warned about on every start (default: ${ALLOW_UNVERIFIED_ENV}=1)")
     serve.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
     _add_state_dir(serve)
+    add_limit_arguments(serve)
     serve.set_defaults(handler=_serve)
 
     status = subparsers.add_parser(
@@ -121,6 +123,7 @@ def _models(options: list[str]) -> dict[str, str]:
 def _serve(args: argparse.Namespace) -> int:
     from abflow.serving.graph import GraphError
 
+    export_limits(args)  # the serving process, detached or not, reads them as ABFLOW_<NAME>
     try:
         models = _models(args.model)
         if args.detach:

@@ -31,12 +31,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from abflow.serving.protocol import MAX_ABS_REWARD
-
 FAILOVER = "failover"
 FAIL = "fail"
 ON_ARM_DOWN = (FAILOVER, FAIL)
 ENV_PREFIX = "ABFLOW_"
+MAX_ABS_REWARD = 1e6
+"""The default bound on a reward's magnitude (``abflow.serving.protocol.check_reward``): far beyond any
+sensible reward scale, far below where a sum of millions of them, or of their squares, could leave
+float64 (|r| ≤ 1e6 gives r² ≤ 1e12). Here rather than in ``protocol`` so the CLI imports no numpy."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,9 @@ def _converter(name: str) -> Callable[[str], Any]:
 
 
 def _check(name: str, value: Any) -> None:
+    where = f"--{name.replace('_', '-')} (or ${env_name(name)})"
     if name == "on_arm_down":
         if value not in ON_ARM_DOWN:
-            raise ValueError(f"on_arm_down must be one of {', '.join(ON_ARM_DOWN)}, got {value!r}")
+            raise ValueError(f"{where} must be one of {', '.join(ON_ARM_DOWN)}, got {value!r}")
     elif not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise ValueError(f"{where} must be a positive number, got {value!r}")

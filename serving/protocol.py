@@ -18,15 +18,14 @@ from urllib.parse import parse_qs
 import numpy as np
 import orjson
 
+from abflow.serving.limits import MAX_ABS_REWARD as MAX_ABS_REWARD  # the default bound, re-exported
+
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ROWS = 100_000
 MAX_NESTING = 32
 """How deep ``meta.tags`` (echoed in every response) and feedback ``truth`` may nest. orjson refuses to
 encode past 254 levels, so deeper tags used to decode fine and then fail the response; Seldon's tags
 are flat key/value pairs, so 32 is generous."""
-MAX_ABS_REWARD = 1e6
-"""The default bound on a reward's magnitude: far beyond any sensible reward scale, far below where a
-sum of millions of them, or of their squares, could leave float64 (|r| ≤ 1e6 gives r² ≤ 1e12)."""
 BAD_DATA = "MICROSERVICE_BAD_DATA"
 INTERNAL_ERROR = "MICROSERVICE_INTERNAL_ERROR"
 Encoding = Literal["tensor", "ndarray"]
