@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import binomtest
+from scipy.stats import binomtest, kstest
 
 from abflow.serving.graph import GraphError, ModelNode, RouterNode
 from abflow.serving.protocol import PredictionRequest
-from abflow.serving.routers import ArmStats, RandomABTest, make_router
+from abflow.serving.routers import (
+    ArmStats,
+    EpsilonGreedy,
+    RandomABTest,
+    Router,
+    ThompsonSampling,
+    make_router,
+    pinned_arm,
+    unit_draw,
+)
 
 REQUEST = PredictionRequest(features=np.zeros((1, 4)), encoding="tensor")
 ratios = st.floats(min_value=0.0, max_value=1.0)
@@ -127,5 +137,121 @@ def test_make_router_builds_the_graph_nodes_router() -> None:
 
 
 def test_make_router_refuses_an_implementation_it_does_not_have() -> None:
-    with pytest.raises(GraphError, match="no router implements 'EPSILON_GREEDY' \\(graph node 'split'\\)"):
-        make_router(RouterNode("split", "EPSILON_GREEDY", 0.5, arms()))
+    with pytest.raises(GraphError, match="no router implements 'UCB1' \\(graph node 'split'\\)"):
+        make_router(RouterNode("split", "UCB1", 0.5, arms()))
+
+
+@pytest.mark.parametrize(
+    ("implementation", "policy"), [("EPSILON_GREEDY", EpsilonGreedy), ("THOMPSON_SAMPLING", ThompsonSampling)]
+)
+def test_make_router_builds_the_bandits(implementation: str, policy: type) -> None:
+    router = make_router(RouterNode("split", implementation, 0.5, arms()), random.Random(3))
+    assert isinstance(router, policy) and len(router.stats) == 2
+
+
+# --- sticky assignment ---------------------------------------------------------------------------
+
+units = st.text(min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(units, st.floats(min_value=0.0, max_value=1.0), seeds, seeds)
+def test_a_unit_gets_the_same_arm_from_any_router_with_the_same_salt(
+    unit: str, ratio: float, seed_a: int, seed_b: int
+) -> None:
+    """Two routers with different generators stand for two replicas, or one before and after a restart."""
+    first = RandomABTest(ratio, random.Random(seed_a), salt="experiment-7")
+    second = RandomABTest(ratio, random.Random(seed_b), salt="experiment-7")
+    assert {first.route(REQUEST, unit) for _ in range(5)} == {second.route(REQUEST, unit)}
+    assert first.fallbacks == 0
+
+
+def test_the_share_of_units_follows_ratio_a() -> None:
+    router = RandomABTest(0.3, random.Random(0), salt="experiment-7")
+    users = 5000
+    arm_zero = sum(router.route(REQUEST, f"user-{i}") == 0 for i in range(users))
+    assert binomtest(arm_zero, users, 0.3).pvalue >= 0.001
+
+
+def test_the_salt_decides_the_assignment() -> None:
+    users = [f"user-{i}" for i in range(400)]
+    one = [RandomABTest(0.5, salt="experiment-1").route(REQUEST, u) for u in users]
+    other = [RandomABTest(0.5, salt="experiment-2").route(REQUEST, u) for u in users]
+    assert one != other, "a new experiment must reshuffle who sees which arm"
+
+
+def test_requests_without_a_unit_fall_back_to_the_random_split_and_are_counted() -> None:
+    router = RandomABTest(0.5, random.Random(4), salt="experiment-7")
+    arms_seen = {router.route(REQUEST) for _ in range(100)}
+    assert arms_seen == {0, 1} and router.fallbacks == 100
+
+
+def test_unit_draw_is_uniform_in_the_unit_interval() -> None:
+    draws = np.array([unit_draw("s", str(i)) for i in range(20000)])
+    assert draws.min() >= 0.0 and draws.max() < 1.0
+    assert kstest(draws, "uniform").pvalue >= 0.001
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("classifier-2", 1), (":classifier-1:", 0), ("nope", None), (None, None), ("", None), (" :classifier-2: ", 1)],
+)
+def test_a_client_is_pinned_by_the_route_header_it_sends_back(header: str | None, expected: int | None) -> None:
+    assert pinned_arm(header, ("classifier-1", "classifier-2")) == expected
+
+
+# --- bandits -------------------------------------------------------------------------------------
+
+
+def simulate(router: Router, rates: tuple[float, float], steps: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for _ in range(steps):
+        arm = router.route(REQUEST)
+        router.feedback(arm, float(rng.random() < rates[arm]))
+        chosen.append(arm)
+    return chosen
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: EpsilonGreedy(epsilon=0.1, rng=random.Random(5)), lambda: ThompsonSampling(rng=random.Random(5))]
+)
+def test_a_bandit_sends_most_late_traffic_to_the_better_arm(make: Callable[[], Router]) -> None:
+    chosen = simulate(make(), (0.5, 0.8), 3000, seed=11)
+    assert chosen[-1000:].count(1) > 800
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: EpsilonGreedy(rng=random.Random(5)), lambda: ThompsonSampling(rng=random.Random(5))]
+)
+def test_zero_rewards_count_as_feedback(make: Callable[[], Router]) -> None:
+    router = make()
+    router.feedback(0, 0.0)
+    router.feedback(0, 0.0)
+    assert router.stats[0] == ArmStats(routed=0, feedback=2, reward_sum=0.0)
+
+
+def test_a_restored_bandit_remembers_what_it_learned() -> None:
+    learned = ThompsonSampling(rng=random.Random(1))
+    simulate(learned, (0.2, 0.9), 500, seed=3)
+    restarted = ThompsonSampling(rng=random.Random(2))
+    restarted.restore(learned.stats)
+    assert restarted.stats == learned.stats
+    assert [restarted.route(REQUEST) for _ in range(200)].count(1) > 180
+
+
+def test_thompson_refuses_rewards_outside_the_unit_interval() -> None:
+    with pytest.raises(ValueError, match="between 0 and 1, got 2.0"):
+        ThompsonSampling().feedback(0, 2.0)
+
+
+def test_restoring_the_wrong_number_of_arms_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot restore 1 arms"):
+        EpsilonGreedy().restore([ArmStats()])
+
+
+def test_epsilon_greedy_tries_every_arm_before_settling() -> None:
+    router = EpsilonGreedy(epsilon=0.0, rng=random.Random(0))
+    first = router.route(REQUEST)
+    router.feedback(first, 0.0)
+    assert router.route(REQUEST) != first
