@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from abflow.serving.service import Call, Reply, Routes, status_reply
 from tests.fixtures.arms import graph_arms
@@ -421,10 +422,16 @@ class SteadyClient(threading.Thread):
         self.join(READ_TIMEOUT)
 
 
-def failovers(served: ServedGraph, arm: str) -> float:
+def failovers(served: ServedGraph, arm: str, clients: list[SteadyClient]) -> float:
+    """Failovers from ``arm`` to classifier-1; fails (with what the clients saw) once no client is left
+    sending, since nothing could then be counted."""
+    if not any(client.is_alive() for client in clients):
+        raise AssertionError(f"every client stopped: {[client.failures for client in clients]}")
     text = requests.get(f"{served.url}/metrics", timeout=10).text
-    match = re.search(rf'^abflow_failovers_total\{{arm="{arm}",to="classifier-1"\}} (\S+)$', text, re.M)
-    return float(match[1]) if match else 0.0
+    counted = [sample.value for family in text_string_to_metric_families(text) if family.name == "abflow_failovers"
+               for sample in family.samples
+               if sample.name == "abflow_failovers_total" and sample.labels == {"arm": arm, "to": "classifier-1"}]
+    return sum(counted)
 
 
 @pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
@@ -438,7 +445,7 @@ def test_an_arm_killed_or_stopped_under_load_fails_nothing_with_failover(
             client.start()
         wait_until(lambda: all(len(c.routed) > 20 for c in clients), what="the clients to be served")
         os.kill(victim, getattr(signal, fault))
-        wait_until(lambda: failovers(served, "classifier-2") > 0, timeout=30, what="a failover to be counted")
+        wait_until(lambda: failovers(served, "classifier-2", clients) > 0, timeout=30, what="a failover to be counted")
         wait_until(lambda: served.health()["status"] == "ok" and graph_arms(served.proc.pid, 2)[1] != victim,
                    timeout=60, interval=0.1, what="classifier-2 to be replaced")
         counts = [len(c.routed) for c in clients]
