@@ -194,25 +194,6 @@ def test_oauth_token_then_bearer() -> None:
                 authorization="Basic " + base64.b64encode(b"k:nope").decode())[0].status == 401
 
 
-def test_serving_freezes_the_start_up_heap_out_of_the_collectors_reach() -> None:
-    """A full collection over an unfrozen serving heap stalls one request for tens of milliseconds."""
-    import gc
-
-    from abflow.serving.http import start_http
-
-    async def start_and_stop() -> int:
-        service = executor(single_model_graph("g", "file:///m", node_name="m"), FakeArm("m"))
-        endpoint = await start_http(service, "127.0.0.1", 0)
-        frozen = gc.get_freeze_count()
-        await endpoint.stop()
-        return frozen
-
-    gc.unfreeze()
-    frozen = asyncio.run(start_and_stop())
-    gc.unfreeze()
-    assert frozen > 0
-
-
 def oauth_executor() -> Executor:
     base = ab_graph("g", "a", "b", 0.5)
     graph = Graph(base.name, base.predictor, base.root, oauth_key="k", oauth_secret="s")
