@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from abflow.serving.artifact import ALLOW_UNVERIFIED_ENV, ALLOW_UNVERIFIED_FLAG, allow_unverified_from_env
+from abflow.serving.graph import UNIT_ENV
 from abflow.serving.limits import add_limit_arguments, export_limits
 
 DEFAULT_STATE_DIR = Path("abflow-data") / "serving"
@@ -86,6 +87,11 @@ def add_commands(subparsers: Any) -> None:
                        help="also serve models that no metadata.json vouches for (a bare .joblib, or unsigned "
                             "metadata while ABFLOW_MODEL_SIGNING_KEY is set); a pickle runs code, so only for "
                             f"files you trust; warned about on every start (default: ${ALLOW_UNVERIFIED_ENV}=1)")
+    serve.add_argument("--unit", default=os.environ.get(UNIT_ENV) or None, metavar="header:NAME|tag:KEY",
+                       help="make the A/B split sticky: the same value of this request header or meta.tags key "
+                            "always gets the same arm (a salted hash; requests without it are split at random "
+                            "and counted in /metrics); overrides the router's unit parameter, e.g. "
+                            f"--unit header:X-User-Id (default: ${UNIT_ENV})")
     serve.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
     _add_state_dir(serve)
     add_limit_arguments(serve)
@@ -124,6 +130,8 @@ def _serve(args: argparse.Namespace) -> int:
     from abflow.serving.graph import GraphError
 
     export_limits(args)  # the serving process, detached or not, reads them as ABFLOW_<NAME>
+    if args.unit:
+        os.environ[UNIT_ENV] = args.unit
     try:
         models = _models(args.model)
         if args.detach:

@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from abflow.serving.armlink import ArmFailed, ArmInfo, ArmUnavailable, Rows
-from abflow.serving.graph import Graph
+from abflow.serving.graph import HEADER_UNIT, Graph
 from abflow.serving.limits import FAILOVER, EndpointLimits
 from abflow.serving.metrics import NO_ARM, ServingMetrics
 from abflow.serving.oauth import MAX_TOKEN_BODY_BYTES, UNAUTHORIZED, OAuthError, TokenIssuer
@@ -44,7 +44,7 @@ from abflow.serving.protocol import (
     encode_prediction_response,
     new_puid,
 )
-from abflow.serving.routers import Router, make_router
+from abflow.serving.routers import Router, make_router, pinned_arm
 from abflow.serving.service import Call, Reply, Routes, status_reply
 
 T = TypeVar("T")
@@ -53,6 +53,9 @@ TIMEOUT = "MICROSERVICE_TIMEOUT"
 _PATH_OR_URI = re.compile(r"[a-zA-Z][\w+.-]*://\S*|(?<![\w.])/[^\s'\"]+")
 PREDICTION_PATHS = ("/api/v1.0/predictions", "/api/v0.1/predictions")
 FEEDBACK_PATHS = ("/api/v1.0/feedback", "/api/v0.1/feedback")
+ROUTE_HEADER = "x-seldon-route"
+"""Names the arm that served (``:classifier-1:``, Seldon v2's form); a client that sends it back is
+pinned to that arm."""
 
 
 class Arm(Protocol):
@@ -75,11 +78,12 @@ class Executor:
 
     ``arms`` are in child order (arm 0 is the router's first child). ``model_uris`` maps node name →
     URI and is what ``meta.requestPath`` reports for nodes without an image. ``limits`` defaults to
-    ``EndpointLimits.from_env()``.
+    ``EndpointLimits.from_env()``. ``experiment`` (the experiment id; the graph name when there is
+    none) salts a sticky router's hash, so each experiment reshuffles who sees which arm.
     """
 
     def __init__(self, graph: Graph, model_uris: dict[str, str], arms: Sequence[Arm], *,
-                 router: Router | None = None, metrics: ServingMetrics | None = None,
+                 router: Router | None = None, metrics: ServingMetrics | None = None, experiment: str | None = None,
                  limits: EndpointLimits | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         nodes = graph.model_nodes()
         if [arm.name for arm in arms] != [node.name for node in nodes]:
@@ -92,7 +96,11 @@ class Executor:
         self.max_body_bytes = max_body_bytes
         node = graph.router
         self._router_name = node.name if node is not None else None
-        self.router = router if router is not None or node is None else make_router(node)
+        self._unit = node.unit_source if node is not None else None
+        salt = (experiment or graph.name) if self._unit is not None else None
+        self.router = router if router is not None or node is None else make_router(node, salt=salt)
+        self._arm_names = tuple(n.name for n in nodes)
+        self._route_headers = tuple(((ROUTE_HEADER, f":{n.name}:"),) if node is not None else () for n in nodes)
         self._request_paths = tuple({n.name: n.image or model_uris[n.name]} for n in nodes)
         self._routings = tuple({self._router_name: i} if self._router_name else {} for i in range(len(nodes)))
         self._failover = self.limits.on_arm_down == FAILOVER and len(self.arms) > 1
@@ -130,11 +138,11 @@ class Executor:
             try:
                 request = await self._off_loop(large, decode_prediction_request, call.body, call.content_type,
                                                n_features=self._n_features())
-                routed = self.router.route(request) if self.router is not None else 0
+                routed = self._route(call, request)
                 index, probabilities = await self._serve(request.features, routed)
                 arm_name = self.arms[index].name
                 body = await self._off_loop(large, self._encode, request, probabilities, index)
-                reply = Reply(200, body)
+                reply = Reply(200, body, headers=self._route_headers[index])
             except SeldonError as exc:
                 reply = Reply(exc.code, exc.body())
             except _ArmError as exc:
@@ -187,11 +195,29 @@ class Executor:
         up = sum(arm["up"] for arm in arms)
         status = "ok" if up == len(arms) else "degraded" if up else "down"
         body = {"status": status, "graph": self.graph.name, "router": self._router_name,
-                "ratioA": self.graph.router.ratio_a if self.graph.router else None, "arms": arms}
+                "ratioA": self.graph.router.ratio_a if self.graph.router else None,
+                "unit": self.graph.router.unit if self.graph.router else None, "arms": arms}
         return Reply(200 if up else 503, orjson.dumps(body))
 
     async def prometheus(self, call: Call) -> Reply:
         return Reply(200, self.metrics.exposition(), self.metrics.content_type)
+
+    def _route(self, call: Call, request: PredictionRequest) -> int:
+        """The arm a request goes to: the one its route header pins, else the router's choice, by the
+        request's unit when the graph is sticky (a request without one is split at random, and counted)."""
+        if self.router is None:
+            return 0
+        pinned = pinned_arm(call.headers.get(ROUTE_HEADER), self._arm_names)
+        if pinned is not None:
+            return pinned
+        if self._unit is None:
+            return self.router.route(request)
+        kind, key = self._unit
+        raw = call.headers.get(key) if kind == HEADER_UNIT else request.tags.get(key)
+        unit = str(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) and raw != "" else None
+        if unit is None:
+            self.metrics.sticky_fallback(self._router_name or "")
+        return self.router.route(request, unit)
 
     async def _serve(self, rows: Rows, routed: int) -> tuple[int, Rows]:
         """Predict on the routed arm or, when it is down or too slow and failover is on, on another one:

@@ -8,6 +8,7 @@ how to fix the document instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -26,6 +27,14 @@ MODEL_IMPLEMENTATIONS = (SKLEARN_SERVER,)
 ROUTER_IMPLEMENTATIONS = (RANDOM_ABTEST,)
 RATIO_PARAMETER = "ratioA"
 RATIO_PARAMETER_EXAMPLE = '{"name":"ratioA","value":"0.5","type":"FLOAT"}'
+# abflow's sticky assignment: the router parameter naming the unit a request is assigned by, either a
+# request header or a ``meta.tags`` key, e.g. {"name":"unit","value":"header:X-User-Id","type":"STRING"}.
+UNIT_PARAMETER = "unit"
+HEADER_UNIT = "header"
+TAG_UNIT = "tag"
+UNIT_PARAMETER_EXAMPLE = '{"name":"unit","value":"header:X-User-Id","type":"STRING"}'
+UNIT_ENV = "ABFLOW_UNIT"
+"""``abflow serve --unit``, as the serving process (foreground, detached or a successor) reads it."""
 FLOAT_TYPES = ("FLOAT", "DOUBLE")
 # SKLEARN_SERVER's ``method`` parameter: predict_proba is the only method abflow serves.
 METHOD_PARAMETER = "method"
@@ -52,10 +61,29 @@ class ModelNode:
 
 @dataclass(frozen=True)
 class RouterNode:
+    """A router over two MODEL nodes; ``unit`` (``header:NAME`` or ``tag:KEY``) makes its split sticky."""
+
     name: str
     implementation: str
     ratio_a: float
     children: tuple[ModelNode, ModelNode]
+    unit: str | None = None
+
+    @property
+    def unit_source(self) -> tuple[str, str] | None:
+        """``unit`` split into its kind (``header`` or ``tag``) and the header name or tag key."""
+        return parse_unit(self.unit, self.name) if self.unit is not None else None
+
+
+def parse_unit(spec: str, node: str = "") -> tuple[str, str]:
+    """``header:X-User-Id`` → ``("header", "X-User-Id")``, ``tag:user`` → ``("tag", "user")``."""
+    kind, sep, key = spec.partition(":")
+    kind, key = kind.strip(), key.strip()
+    if not sep or kind not in (HEADER_UNIT, TAG_UNIT) or not key:
+        where = f" (graph node {node!r})" if node else ""
+        raise GraphError(f"the unit of assignment must be header:NAME or tag:KEY (e.g. header:X-User-Id or "
+                         f"tag:user), got {spec!r}{where}")
+    return kind, key
 
 
 @dataclass(frozen=True)
@@ -171,6 +199,17 @@ def resolve_model_uris(graph: Graph, overrides: Mapping[str, str]) -> dict[str, 
     return resolved
 
 
+def with_unit(graph: Graph, unit: str) -> Graph:
+    """``graph`` with its router made sticky by ``unit`` (``abflow serve --unit``, which wins over the
+    router's own ``unit`` parameter)."""
+    router = graph.router
+    if router is None:
+        raise GraphError(f"--unit {unit} needs a graph with a router, and graph {graph.name!r} serves one model: "
+                         "drop --unit or serve an A/B graph")
+    parse_unit(unit, router.name)
+    return dataclasses.replace(graph, root=dataclasses.replace(router, unit=unit.strip()))
+
+
 def parse_model_option(option: str) -> tuple[str, str]:
     """Split a ``--model NODE=URI`` value (the URI may itself contain '=')."""
     node, sep, uri = option.partition("=")
@@ -189,9 +228,13 @@ def ab_graph(
     router_name: str = DEFAULT_ROUTER_NAME,
     arm_names: tuple[str, str] = DEFAULT_ARM_NAMES,
     image: str | None = None,
+    unit: str | None = None,
 ) -> Graph:
-    """The champion/challenger graph the pipeline deploys: arm A (child 0) gets ``ratio_a`` of traffic."""
+    """The champion/challenger graph the pipeline deploys: arm A (child 0) gets ``ratio_a`` of traffic,
+    of units when ``unit`` (``header:NAME`` or ``tag:KEY``) makes the split sticky."""
     _check_ratio(ratio_a, router_name)
+    if unit is not None:
+        parse_unit(unit, router_name)
     arms = (
         ModelNode(arm_names[0], SKLEARN_SERVER, model_a_uri, image),
         ModelNode(arm_names[1], SKLEARN_SERVER, model_b_uri, image),
@@ -199,7 +242,7 @@ def ab_graph(
     names = [router_name, *arm_names]
     if len(set(names)) != len(names):
         raise GraphError(f"router and arm names must be distinct, got {names}")
-    root = RouterNode(router_name, RANDOM_ABTEST, float(ratio_a), arms)
+    root = RouterNode(router_name, RANDOM_ABTEST, float(ratio_a), arms, unit=unit)
     return Graph(name=name, predictor="default", root=root)
 
 
@@ -231,10 +274,13 @@ def to_seldon_deployment(graph: Graph) -> dict[str, Any]:
 
 def _render_node(node: ModelNode | RouterNode) -> dict[str, Any]:
     if isinstance(node, RouterNode):
+        parameters = [{"name": RATIO_PARAMETER, "value": repr(node.ratio_a), "type": "FLOAT"}]
+        if node.unit is not None:
+            parameters.append({"name": UNIT_PARAMETER, "value": node.unit, "type": "STRING"})
         return {
             "name": node.name,
             "implementation": node.implementation,
-            "parameters": [{"name": RATIO_PARAMETER, "value": repr(node.ratio_a), "type": "FLOAT"}],
+            "parameters": parameters,
             "children": [_render_node(child) for child in node.children],
         }
     rendered: dict[str, Any] = {
@@ -357,21 +403,36 @@ def _parse_router(
             f"RANDOM_ABTEST needs exactly two children, got {len(children)} (graph node {name!r}): "
             "give the router two MODEL children, A first"
         )
-    ratio_a = _parse_ratio(name, node.get("parameters"))
+    ratio_a, unit = _parse_router_parameters(name, node.get("parameters"))
     parsed = tuple(_parse_node(child, images, f"{where}.children[{i}]", top=False) for i, child in enumerate(children))
     first, second = parsed
     assert isinstance(first, ModelNode) and isinstance(second, ModelNode)
-    return RouterNode(name=name, implementation=RANDOM_ABTEST, ratio_a=ratio_a, children=(first, second))
+    return RouterNode(name=name, implementation=RANDOM_ABTEST, ratio_a=ratio_a, children=(first, second), unit=unit)
 
 
-def _parse_ratio(name: str, parameters: object) -> float:
+def _parse_router_parameters(name: str, parameters: object) -> tuple[float, str | None]:
+    """``ratioA`` and the optional sticky ``unit``. Anything else is refused: real Seldon silently
+    ignores ratioA and splits 50/50 when ratioA is not the only parameter it knows."""
     params = _parameters(name, parameters)
-    extra = [p for p in params if p != RATIO_PARAMETER]
+    extra = [p for p in params if p not in (RATIO_PARAMETER, UNIT_PARAMETER)]
     if extra:
         raise GraphError(
             f"RANDOM_ABTEST does not take parameter {extra[0]!r} (graph node {name!r}); real Seldon "
-            f"silently ignores ratioA and splits 50/50 when it is not the only parameter: remove {extra[0]!r}"
+            f"silently ignores ratioA and splits 50/50 when it is not the only parameter: remove {extra[0]!r} "
+            f"(abflow's one addition is {UNIT_PARAMETER_EXAMPLE}, for sticky assignment)"
         )
+    unit = None
+    if UNIT_PARAMETER in params:
+        value, value_type = params[UNIT_PARAMETER]
+        if value_type not in (None, "STRING") or not isinstance(value, str):
+            raise GraphError(f"the unit parameter must be a STRING like {UNIT_PARAMETER_EXAMPLE}, got "
+                             f"{value!r} of type {value_type!r} (graph node {name!r})")
+        parse_unit(value, name)
+        unit = value.strip()
+    return _parse_ratio(name, params), unit
+
+
+def _parse_ratio(name: str, params: dict[str, tuple[object, object]]) -> float:
     if RATIO_PARAMETER not in params:
         raise GraphError(
             f"RANDOM_ABTEST needs a ratioA parameter (graph node {name!r}); real Seldon silently splits "

@@ -38,6 +38,9 @@ class ServingMetrics:
         self._failovers = Counter("abflow_failovers", "Predictions routed to an arm that was down or too slow "
                                   "and answered by another, by the routed arm and the one that answered",
                                   ["arm", "to"], registry=self.registry)
+        self._sticky_fallbacks = Counter("abflow_sticky_fallbacks", "Predictions of a sticky graph that named no "
+                                         "unit of assignment and were split at random, by router node",
+                                         ["router"], registry=self.registry)
         self.inflight = 0
         self.connections = 0
         self.buffered_bytes = 0
@@ -71,6 +74,9 @@ class ServingMetrics:
 
     def failover(self, arm: str, to: str) -> None:
         self._failovers.labels(arm, to).inc()
+
+    def sticky_fallback(self, router: str) -> None:
+        self._sticky_fallbacks.labels(router).inc()
 
     def feedback(self, arm: str, reward: float) -> None:
         self._feedback.labels(arm).observe(reward)

@@ -40,7 +40,7 @@ from typing import Any
 
 from abflow.serving.armlink import PROBE_TIMEOUT, ArmInfo
 from abflow.serving.artifact import ALLOW_UNVERIFIED_FLAG
-from abflow.serving.graph import Graph, ModelNode, load_graph, resolve_model_uris
+from abflow.serving.graph import UNIT_ENV, Graph, ModelNode, load_graph, resolve_model_uris, with_unit
 from abflow.serving.local_files import write_atomically
 from abflow.serving.zygote import ForkedArm, Zygote, ZygoteGone
 
@@ -175,6 +175,8 @@ def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str =
     if reuse_port is None:
         reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
     graph = load_graph(graph_path)
+    if os.environ.get(UNIT_ENV):
+        graph = with_unit(graph, os.environ[UNIT_ENV])
     uris = resolve_model_uris(graph, models)
     # A taken port fails at once rather than after model loading; a successor binds only once its
     # arms are up, because from then on the kernel sends it every new connection.
@@ -354,7 +356,10 @@ def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "
     starting (a port in use, a model refused) raises ``DetachError`` with the tail of its log.
     """
     graph_path = Path(graph_path).resolve()
-    resolve_model_uris(load_graph(graph_path), models)
+    graph = load_graph(graph_path)
+    if os.environ.get(UNIT_ENV):
+        with_unit(graph, os.environ[UNIT_ENV])  # a bad --unit fails here, not in the background
+    resolve_model_uris(graph, models)
     state_dir = _private_dir(Path(state_dir))
     current = endpoint_status(state_dir)
     if current is not None and current.get("running"):
