@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES = [
     "abflow.pipelines.local_commands",
+    "abflow.pipelines.experiment_commands",
     "abflow.pipelines.cluster_commands",
     "abflow.serving.cli",
 ]
