@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Debian tools the tests drive for real (load generator, daemonless image builder, base-image maker,
-# local registry) and the Python package with its test extras.
+# local registry, metrics server) and the Python package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(hey buildah debootstrap docker-registry)
+debs=(hey buildah debootstrap docker-registry prometheus)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

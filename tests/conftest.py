@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.gcs",
     "tests.fixtures.serving",
     "tests.fixtures.images",
+    "tests.fixtures.prometheus",
 ]
