@@ -3,8 +3,8 @@
 An experiment record lists every outcome source it has had (``ledger:<path>`` for a local endpoint,
 ``prometheus:<url>`` for a cluster): a split moved by ``ratio_schedule`` redeploys the experiment as
 a new release, and a new local release writes a new ledger. Its outcomes are the sum over all of
-them, arm by arm. The Prometheus reader is imported only when a record names Prometheus, so a laptop
-never imports an HTTP client for it.
+them, arm by arm (a ledger not written yet counts nothing). The Prometheus reader is imported only
+when a record names Prometheus, so a laptop never imports an HTTP client for it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import time
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 
 from abflow.components.decision import ArmSummary
 from abflow.components.experiment import LEDGER, PROMETHEUS, Experiment, ExperimentError
@@ -57,7 +58,10 @@ def elapsed_seconds(experiment: Experiment, *, now: float | None = None) -> floa
 
 def _read_source(experiment: Experiment, source: str, now: float | None) -> dict[str, ArmOutcomes]:
     if source.startswith(LEDGER):
-        return read_outcomes(source[len(LEDGER):], experiment.id)
+        path = Path(source[len(LEDGER):])
+        # An endpoint creates its ledger when it starts; none yet is no outcome yet, and the decision
+        # then says how much evidence is missing, rather than failing every run until traffic comes.
+        return read_outcomes(path, experiment.id) if path.exists() else {}
     if source.startswith(PROMETHEUS):
         reader = importlib.import_module("abflow.components.prometheus_outcomes").read_prometheus_outcomes
         start, end = _window(experiment, now)

@@ -18,6 +18,50 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metri
 DEFAULT_COMPONENTS_IMAGE = "localhost:5000/abflow/components:0.1.0"
 
 
+def conclude(
+    artifact_root: str,
+    model_name: str,
+    on_undecided: str,
+    alpha: float,
+    min_feedback: int,
+    max_duration_hours: float,
+    local_state_dir: str,
+    run_id: str,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> bool:
+    """Decide the running experiment of ``model_name`` (the previous run's champion vs challenger, on
+    the outcomes its endpoint recorded) and act: ``promote`` swaps the champion pointer, ``keep``
+    leaves it, ``continue`` (too little evidence) follows ``on_undecided``. The decision is appended
+    to ``<artifact_root>/experiments/<model_name>/<id>.json``.
+
+    Args:
+        on_undecided: ``wait`` (end the run here, successfully, retraining nothing; with a
+            ``ratio_schedule`` and the guardrails passed, first move the split one step) or
+            ``replace`` (end the experiment as ``keep`` and go on to test a new challenger).
+        alpha: Level of the anytime-valid test on the difference of mean rewards.
+        min_feedback: Feedbacks per arm before the test is asked.
+        max_duration_hours: After this long without evidence the champion is kept (0: no limit).
+        local_state_dir: The local target's state root, where a moved split is redeployed.
+
+    Returns:
+        Whether the run goes on to train a new challenger. (A single output on purpose: KFP's local
+        runner resolves a condition on a step's ``Output``, not on a named output, outside a branch.)
+    """
+    from abflow.components import steplog
+    from abflow.components.conclusion import conclude_experiment, placeholder_report, rules_from
+
+    conclusion = conclude_experiment(artifact_root, model_name, on_undecided=on_undecided,
+                                     rules=rules_from(alpha, min_feedback, max_duration_hours), run_id=run_id,
+                                     local_state_dir=local_state_dir)
+    for name, value in conclusion.as_metrics().items():
+        metrics.log_metric(name, value)
+    with open(report.path, "w", encoding="utf-8") as handle:
+        handle.write(placeholder_report(conclusion))
+    steplog.finish(conclusion.summary)
+    return conclusion.proceed
+
+
 def train(
     data_uri: str,
     feature_columns: str,
@@ -320,6 +364,7 @@ def promote(artifact_root: str, model_name: str, version: str, run_id: str) -> s
 
 
 STEP_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    conclude,
     train,
     gate,
     store,
@@ -335,6 +380,7 @@ STEP_FUNCTIONS: tuple[Callable[..., Any], ...] = (
 class Components:
     """The step components, built for one container image."""
 
+    conclude: Any
     train: Any
     gate: Any
     store: Any

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from abflow.components.experiment import parse_ratio_schedule
-from abflow.pipelines.parameters import pipeline_parameters
+from abflow.pipelines.parameters import machine_problems, parameter_problems, pipeline_parameters
 
 DEFAULT_DATA_DIR = Path("abflow-data")
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
@@ -50,6 +49,11 @@ PARAMETER_HELP = {
     "ratio_schedule": "champion's share per step of the experiment, e.g. 0.9,0.75,0.5: each undecided conclude "
     "moves one step (empty: a fixed --ratio-a)",
     "prometheus_url": "Prometheus the experiment's outcomes are read from on a cluster (seldon target)",
+    "on_undecided": "when the running experiment lacks evidence: wait (end the run, retrain nothing) or replace "
+    "(end it as keep and test a new challenger)",
+    "alpha": "level of the experiment's anytime-valid test on the difference of mean rewards",
+    "min_feedback": "feedbacks per arm before the experiment's test is asked",
+    "max_duration_hours": "keep the champion when the experiment has run this long without evidence (0: no limit)",
 }
 PATH_PARAMETERS = ("artifact_root", "local_state_dir")
 
@@ -134,23 +138,9 @@ def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_arguments(arguments: dict[str, Any]) -> list[str]:
-    """Catch parameters that would fail late, before a minute of training is spent on them."""
-    problems = []
-    if not 0.0 <= arguments["ratio_a"] <= 1.0:
-        problems.append(f"--ratio-a must be between 0 and 1, got {arguments['ratio_a']}")
-    if not 0.0 < arguments["test_size"] < 1.0:
-        problems.append(f"--test-size must be between 0 and 1 (exclusive), got {arguments['test_size']}")
-    if arguments["smoke_requests"] < 1:
-        problems.append(f"--smoke-requests must be at least 1, got {arguments['smoke_requests']}")
-    if arguments["builder"] == "kaniko":
-        problems.append("--builder kaniko runs in a cluster: use it with `abflow submit`, or pick buildah/docker/none")
-    try:
-        parse_ratio_schedule(arguments["ratio_schedule"])
-    except ValueError as error:
-        problems.append(f"--ratio-schedule: {error}")
-    if arguments["target"] not in ("local", "seldon"):
-        problems.append(f"--target must be local or seldon, got {arguments['target']!r}")
-    return problems
+    """Catch parameters that would fail late, before a minute of training is spent on them: every
+    value a step would refuse, then what would stop the run on this machine (builder, port)."""
+    return parameter_problems(arguments) + machine_problems(arguments)
 
 
 def curl_line(endpoint: str) -> str:

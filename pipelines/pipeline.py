@@ -1,4 +1,8 @@
-"""The abflow DAG: train → gate → store → build image → deploy A/B → smoke test → promote.
+"""The abflow DAG: conclude → train → gate → store → build image → deploy A/B → smoke test → promote.
+
+``conclude`` decides the experiment the previous run started (promote, keep, or wait for more
+evidence); when it says wait, nothing else runs. ``promote`` makes a model champion only on a first
+run: afterwards the experiment decides, in the next run's ``conclude``.
 
 One pipeline function serves every way users start it: the KFP UI and ``kfp run create`` (the
 compiled YAML), ``abflow submit``/``abflow schedule`` and ``abflow run`` (the same function under
@@ -15,7 +19,9 @@ from abflow.components.kaniko import kaniko_build
 from abflow.components.steps import DEFAULT_COMPONENTS_IMAGE, Components, make_components
 
 PIPELINE_NAME = "iris-ab"
-STEP_NAMES = ("train", "gate", "store", "build-image", "skip-image-build", "deploy-ab", "smoke-test", "promote")
+STEP_NAMES = (
+    "conclude", "train", "gate", "store", "build-image", "skip-image-build", "deploy-ab", "smoke-test", "promote",
+)
 """The steps a run executes when kaniko has nothing to build (every local run); a kaniko build runs
 ``kaniko-build`` in place of ``skip-image-build``."""
 
@@ -75,6 +81,28 @@ def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any
     return [stored, image, kaniko, skipped, deployed, smoked, promoted]
 
 
+def retrain_and_deploy(steps: Components, *, data_uri: Any, feature_columns: Any, label_column: Any, c: Any,
+                       max_iter: Any, test_size: Any, seed: Any, min_accuracy: Any, max_regression: Any,
+                       **deploying: Any) -> list[Any]:
+    """Train, gate and, when the gate finds a new model, deploy it (``deploying``: the parameters of
+    ``deploy_new_model``): what runs once ``conclude`` lets the run go on. Returns its tasks."""
+    trained = steps.train(data_uri=data_uri, feature_columns=feature_columns, label_column=label_column,
+                          c=c, max_iter=max_iter, test_size=test_size, seed=seed)
+    gated = steps.gate(
+        model=trained.outputs["model"],
+        holdout=trained.outputs["holdout"],
+        summary=trained.outputs["summary"],
+        artifact_root=deploying["artifact_root"],
+        model_name=deploying["model_name"],
+        min_accuracy=min_accuracy,
+        max_regression=max_regression,
+    )
+    tasks = [trained, gated]
+    with dsl.If(gated.outputs["Output"] == True, name="new-model-to-test"):  # noqa: E712 - a KFP condition
+        tasks += deploy_new_model(steps, trained, **deploying)
+    return tasks
+
+
 def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
     """Build the pipeline whose steps run in ``components_image`` (an image holding abflow)."""
     steps = make_components(components_image)
@@ -82,9 +110,10 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description=(
-            "Retrain the sklearn iris classifier, gate it, store it, build its serving image, deploy "
-            "it as arm B of a RANDOM_ABTEST graph against the champion, smoke-test the endpoint "
-            "(rolling back on failure) and promote it."
+            "Decide the running A/B experiment (promote the challenger, keep the champion, or wait for "
+            "evidence), then retrain the sklearn iris classifier, gate it, store it, build its serving "
+            "image, deploy it as arm B of a RANDOM_ABTEST graph against the champion and smoke-test the "
+            "endpoint (rolling back on failure); a first run promotes its model once it passed."
         ),
     )
     def iris_ab(
@@ -112,23 +141,34 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
         p99_budget_ms: float = 500.0,
         ratio_schedule: str = "",
         prometheus_url: str = "",
+        on_undecided: str = "wait",
+        alpha: float = 0.05,
+        min_feedback: int = 100,
+        max_duration_hours: float = 0.0,
     ) -> None:
-        trained = steps.train(data_uri=data_uri, feature_columns=feature_columns, label_column=label_column,
-                              c=c, max_iter=max_iter, test_size=test_size, seed=seed)
-        gated = steps.gate(
-            model=trained.outputs["model"],
-            holdout=trained.outputs["holdout"],
-            summary=trained.outputs["summary"],
+        concluded = steps.conclude(
             artifact_root=artifact_root,
             model_name=model_name,
-            min_accuracy=min_accuracy,
-            max_regression=max_regression,
+            on_undecided=on_undecided,
+            alpha=alpha,
+            min_feedback=min_feedback,
+            max_duration_hours=max_duration_hours,
+            local_state_dir=local_state_dir,
+            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
-        tasks = [trained, gated]
-        with dsl.If(gated.outputs["Output"] == True, name="new-model-to-test"):  # noqa: E712 - a KFP condition
-            tasks += deploy_new_model(
+        tasks = [concluded]
+        with dsl.If(concluded.outputs["Output"] == True, name="retrain"):  # noqa: E712 - a KFP condition
+            tasks += retrain_and_deploy(
                 steps,
-                trained,
+                data_uri=data_uri,
+                feature_columns=feature_columns,
+                label_column=label_column,
+                c=c,
+                max_iter=max_iter,
+                test_size=test_size,
+                seed=seed,
+                min_accuracy=min_accuracy,
+                max_regression=max_regression,
                 artifact_root=artifact_root,
                 model_name=model_name,
                 ratio_a=ratio_a,

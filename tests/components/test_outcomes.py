@@ -90,9 +90,19 @@ def test_a_prometheus_source_is_asked_for_the_experiments_arms_and_window(monkey
     assert elapsed_seconds(ended) == 3600
 
 
-def test_an_unknown_source_or_a_missing_ledger_is_an_error_that_says_what_to_fix(tmp_path: Path) -> None:
+def test_an_unknown_source_is_an_error_that_says_what_to_fix() -> None:
     with pytest.raises(ExperimentError, match=r"cannot read: a source is ledger:<path of outcomes.sqlite> or "
                                               r"prometheus:<Prometheus URL>"):
         read_experiment_outcomes(experiment("s3://bucket/outcomes"))
-    with pytest.raises(LedgerError, match="no outcome ledger at .*has an endpoint served this experiment here"):
-        read_experiment_outcomes(experiment(f"ledger:{tmp_path / 'absent.sqlite'}"))
+
+
+def test_a_ledger_not_written_yet_counts_nothing_and_a_broken_one_fails(tmp_path: Path) -> None:
+    written = tmp_path / "r1" / "outcomes.sqlite"
+    write_ledger(written, "iris-1", "classifier-1", requests=3, errors={}, rewards=[1])
+    absent = tmp_path / "r2" / "outcomes.sqlite"
+    outcomes = read_experiment_outcomes(experiment(f"ledger:{written}", f"ledger:{absent}"))
+    assert {arm: o.requests for arm, o in outcomes.items()} == {"classifier-1": 3}
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"not a database")
+    with pytest.raises(LedgerError, match="cannot read the outcome ledger .*broken.sqlite"):
+        read_experiment_outcomes(experiment(f"ledger:{broken}"))

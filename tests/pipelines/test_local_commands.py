@@ -10,7 +10,7 @@ import pytest
 from abflow.pipelines.cli import build_parser, main
 from abflow.pipelines.local_commands import PARAMETER_HELP, check_arguments, pipeline_arguments
 from abflow.pipelines.local_run import ProgressLog
-from abflow.pipelines.pipeline import iris_ab_pipeline
+from abflow.pipelines.pipeline import STEP_NAMES, iris_ab_pipeline
 from tests.fixtures.processes import free_port
 from tests.fixtures.serving import ServedGraph
 
@@ -47,7 +47,7 @@ def test_gcs_artifact_root_is_passed_through_untouched() -> None:
         ("--ratio-a", "1.5", "--ratio-a must be between 0 and 1, got 1.5"),
         ("--test-size", "1", "--test-size must be between 0 and 1"),
         ("--smoke-requests", "0", "--smoke-requests must be at least 1"),
-        ("--target", "kserve", "--target must be local or seldon"),
+        ("--target", "kserve", "--target must be one of local, seldon"),
         ("--builder", "kaniko", "--builder kaniko runs in a cluster"),
     ],
 )
@@ -78,7 +78,7 @@ def test_progress_log_reports_steps_and_keeps_the_failure_reason() -> None:
     progress.write(" is below min_accuracy 0.9\n      - and one more reason\n\n")
     progress.write("Task 'gate' finished with status FAILURE\n")
     shown = terminal.getvalue()
-    assert "[1/8] train ..." in shown and "trained, accuracy 0.974" in shown and "FAILED" in shown
+    assert f"[1/{len(STEP_NAMES)}] train ..." in shown and "trained, accuracy 0.974" in shown and "FAILED" in shown
     reason = "GateFailed: accuracy 0.5 is below min_accuracy 0.9\n  - and one more reason"
     assert progress.last_error == {"gate": reason}
     assert "Executing task" in log.getvalue()
