@@ -29,8 +29,9 @@ counter first appears at its first increment with the value 1 already, it never 
 increment of a series born inside the window — exactly the rare error codes a guardrail is for. So
 each series' increase is taken exactly, as ``increase()`` would before extrapolating, from its last
 value in the window (``last_over_time``) minus its value when the window opened (0 for a series that
-did not exist yet); a series that reset inside the window (a restarted process) is read sample by
-sample, every drop counted as a restart from zero. Each answer is a counter value the endpoint
+did not exist yet); a series that reset inside the window (a restarted process: ``resets()`` saw a
+drop, or its last value is below its opening one) is read sample by sample, every drop counted as a
+restart from zero. Each answer is a counter value the endpoint
 exported, so the counts are whole numbers and match the local ledger for the same traffic.
 """
 
@@ -79,7 +80,8 @@ def read_prometheus_outcomes(url: str, experiment_id: str, arms: Sequence[str], 
                              end: float) -> dict[str, ArmOutcomes]:
     """Every arm's outcomes in experiment ``experiment_id`` between ``start`` and ``end`` (Unix
     times), by arm name, from the Prometheus at ``url``. Arms without any series are left out, as
-    the ledger leaves out arms that recorded nothing."""
+    the ledger leaves out arms that recorded nothing. Prometheus keeps counters, not events, so each
+    arm's ``first_at``/``last_at`` are the window's bounds."""
     if not arms:
         raise ValueError("name at least one arm (a graph node name) to read outcomes for")
     if not (math.isfinite(start) and math.isfinite(end) and end > start):
