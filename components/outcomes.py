@@ -9,7 +9,6 @@ when a record names Prometheus, so a laptop never imports an HTTP client for it.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -63,11 +62,11 @@ def _read_source(experiment: Experiment, source: str, now: float | None) -> dict
         # then says how much evidence is missing, rather than failing every run until traffic comes.
         return read_outcomes(path, experiment.id) if path.exists() else {}
     if source.startswith(PROMETHEUS):
-        reader = importlib.import_module("abflow.components.prometheus_outcomes").read_prometheus_outcomes
+        from abflow.components.prometheus_outcomes import read_prometheus_outcomes
+
         start, end = _window(experiment, now)
-        outcomes: dict[str, ArmOutcomes] = reader(source[len(PROMETHEUS):], experiment.id,
-                                                  [arm.name for arm in experiment.arms], start, end)
-        return outcomes
+        return read_prometheus_outcomes(source[len(PROMETHEUS):], experiment.id,
+                                        [arm.name for arm in experiment.arms], start, end)
     raise ExperimentError(f"experiment {experiment.id!r} names the outcome source {source!r}, which abflow cannot "
                           f"read: a source is {LEDGER}<path of outcomes.sqlite> or {PROMETHEUS}<Prometheus URL>; "
                           "fix the record's 'outcomes' list")

@@ -3,14 +3,13 @@ over every source the record names, and turned into what the decision takes."""
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from abflow.components import prometheus_outcomes
 from abflow.components.experiment import CHALLENGER, CHAMPION, Arm, Experiment, ExperimentError
 from abflow.components.outcomes import arm_summaries, elapsed_seconds, read_experiment_outcomes
 from abflow.serving.ledger import ArmOutcomes, LedgerError, OutcomeLedger
@@ -68,8 +67,7 @@ def test_summaries_carry_versions_roles_5xx_and_p99_and_count_a_silent_arm_as_ze
     assert (challenger.requests, challenger.feedback, challenger.p99_seconds) == (0, 0, None)
 
 
-def test_a_prometheus_source_is_asked_for_the_experiments_arms_and_window(monkeypatch: pytest.MonkeyPatch,
-                                                                          tmp_path: Path) -> None:
+def test_a_prometheus_source_is_asked_for_the_experiments_arms_and_window(monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[tuple[str, str, list[str], float, float]] = []
 
     def read_prometheus_outcomes(url: str, experiment_id: str, arms: Sequence[str], start: float,
@@ -77,9 +75,7 @@ def test_a_prometheus_source_is_asked_for_the_experiments_arms_and_window(monkey
         asked.append((url, experiment_id, list(arms), start, end))
         return {}
 
-    reader = types.ModuleType("abflow.components.prometheus_outcomes")
-    reader.read_prometheus_outcomes = read_prometheus_outcomes  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "abflow.components.prometheus_outcomes", reader)
+    monkeypatch.setattr(prometheus_outcomes, "read_prometheus_outcomes", read_prometheus_outcomes)
     started = 1769896800.0  # 2026-01-31T22:00:00Z
 
     assert read_experiment_outcomes(experiment("prometheus:http://127.0.0.1:9090"), now=started + 60) == {}
