@@ -229,6 +229,16 @@ def test_a_restarted_process_counts_from_zero(server: PrometheusServer, expositi
     assert sum(arm.latency_counts) == 13
 
 
+def test_label_values_are_quoted_for_promql(server: PrometheusServer, exposition: Exposition) -> None:
+    start = time.time()
+    odd = 'quote-"back\\slash-\u00e9t\u00e9-1'
+    Endpoint.create(exposition, odd).predictions(ARMS[1], 2)
+    Endpoint.create(exposition, odd + "x").predictions(ARMS[1], 5)
+    scraped_after(server, time.time())
+
+    assert read_prometheus_outcomes(server.url, odd, ARMS, start, time.time())[ARMS[1]].requests == 2
+
+
 def test_an_experiment_without_series_has_no_arms(server: PrometheusServer) -> None:
     now = time.time()
     assert read_prometheus_outcomes(server.url, "nobody-1", ARMS, now - 60, now) == {}
