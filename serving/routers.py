@@ -22,16 +22,21 @@ import hashlib
 import math
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from abflow.serving.graph import RANDOM_ABTEST, GraphError, RouterNode
+from abflow.serving.graph import (
+    DEFAULT_EPSILON,
+    EPSILON_GREEDY,
+    RANDOM_ABTEST,
+    THOMPSON_SAMPLING,
+    GraphError,
+    RouterNode,
+)
+from abflow.serving.ledger import ArmOutcomes
 from abflow.serving.protocol import PredictionRequest
 
-EPSILON_GREEDY = "EPSILON_GREEDY"
-THOMPSON_SAMPLING = "THOMPSON_SAMPLING"
-DEFAULT_EPSILON = 0.1
 _HASH_SCALE = float(2**64)
 
 
@@ -53,10 +58,24 @@ class Router(Protocol):
 
     def feedback(self, arm: int, reward: float) -> None: ...
 
+    def check_feedback(self, arm: int, reward: float) -> None:
+        """Raise ``ValueError`` saying why ``feedback(arm, reward)`` would be refused, before anything is counted."""
+
     def restore(self, stats: Sequence[ArmStats]) -> None: ...
 
     @property
     def stats(self) -> tuple[ArmStats, ...]: ...
+
+
+def stats_from_outcomes(outcomes: Mapping[str, ArmOutcomes], arm_names: Sequence[str]) -> tuple[ArmStats, ...]:
+    """Each arm's stats, in child order, from an experiment's outcome ledger (``read_outcomes``), so a
+    restarted or replaced endpoint's bandit goes on from what the experiment has learned; an arm the
+    ledger has not seen yet starts from nothing."""
+    stats = []
+    for name in arm_names:
+        seen = outcomes.get(name)
+        stats.append(ArmStats(seen.requests, seen.feedback, seen.reward_sum) if seen is not None else ArmStats())
+    return tuple(stats)
 
 
 def unit_draw(salt: str, unit: str) -> float:
@@ -98,11 +117,14 @@ class _Counters:
             self.routed[arm] += 1
         return arm
 
-    def count_feedback(self, arm: int, reward: float, policy: str) -> None:
+    def check(self, arm: int, reward: float, policy: str) -> None:
         if not 0 <= arm < self.n_arms:
             raise ValueError(f"{policy} has arms 0 to {self.n_arms - 1}, got feedback for arm {arm}")
         if not math.isfinite(reward):
             raise ValueError(f"reward must be a finite number, got {reward}")
+
+    def count_feedback(self, arm: int, reward: float, policy: str) -> None:
+        self.check(arm, reward, policy)
         with self.lock:
             self.feedback[arm] += 1
             self.reward_sum[arm] += reward
@@ -153,6 +175,9 @@ class RandomABTest:
     def feedback(self, arm: int, reward: float) -> None:
         self._counters.count_feedback(arm, reward, RANDOM_ABTEST)
 
+    def check_feedback(self, arm: int, reward: float) -> None:
+        self._counters.check(arm, reward, RANDOM_ABTEST)
+
     def restore(self, stats: Sequence[ArmStats]) -> None:
         self._counters.restore(stats)
 
@@ -186,6 +211,9 @@ class EpsilonGreedy:
     def feedback(self, arm: int, reward: float) -> None:
         self._counters.count_feedback(arm, reward, EPSILON_GREEDY)
 
+    def check_feedback(self, arm: int, reward: float) -> None:
+        self._counters.check(arm, reward, EPSILON_GREEDY)
+
     def restore(self, stats: Sequence[ArmStats]) -> None:
         self._counters.restore(stats)
 
@@ -213,9 +241,13 @@ class ThompsonSampling:
         return counters.count_route(draws.index(max(draws)))
 
     def feedback(self, arm: int, reward: float) -> None:
+        self.check_feedback(arm, reward)
+        self._counters.count_feedback(arm, reward, THOMPSON_SAMPLING)
+
+    def check_feedback(self, arm: int, reward: float) -> None:
         if not 0.0 <= reward <= 1.0:
             raise ValueError(f"Thompson sampling learns from rewards between 0 and 1, got {reward}")
-        self._counters.count_feedback(arm, reward, THOMPSON_SAMPLING)
+        self._counters.check(arm, reward, THOMPSON_SAMPLING)
 
     def restore(self, stats: Sequence[ArmStats]) -> None:
         self._counters.restore(stats)
@@ -230,7 +262,7 @@ def make_router(node: RouterNode, rng: random.Random | None = None, *, salt: str
     if node.implementation == RANDOM_ABTEST:
         return RandomABTest(node.ratio_a, rng, salt=salt)
     if node.implementation == EPSILON_GREEDY:
-        return EpsilonGreedy(len(node.children), rng=rng)
+        return EpsilonGreedy(len(node.children), node.epsilon, rng=rng)
     if node.implementation == THOMPSON_SAMPLING:
         return ThompsonSampling(len(node.children), rng=rng)
     raise GraphError(f"no router implements {node.implementation!r} (graph node {node.name!r})")
