@@ -18,7 +18,8 @@ The series are Seldon's own, so the same PromQL works behind Seldon's orchestrat
   asking for the abflow series rather than a variance made up.
 
 **Which series belong to the experiment.** Its deployment's ``predictor_version``, which Seldon takes
-from the predictor's ``version`` label (``PREDICTOR_LABELS``), is the experiment id: a deployment keeps
+from the predictor's ``version`` annotation (its orchestrator) and ``version`` label (its model
+containers, through ``PREDICTOR_LABELS``), is the experiment id: a deployment keeps
 its name (and its ingress path) across experiments, blue/green replaces and split changes, but every
 experiment is a new version of its predictor, so its series are new series, never mixed with the
 previous experiment's. The window [start, end] bounds them in time.
