@@ -15,7 +15,9 @@ The series are Seldon's own, so the same PromQL works behind Seldon's orchestrat
   0 wrong): then r² ≤ r, and taking the reward sum for the sum of squares gives the Bernoulli variance
   mean·(1 − mean), the largest any [0, 1] reward can have, so the test stays valid (conservative, never
   over-confident). A mean outside [0, 1] proves the rewards are not of that kind: that is an error
-  asking for the abflow series rather than a variance made up.
+  asking for the abflow series rather than a variance made up. Negative rewards cannot be read from
+  Prometheus at all: a counter that goes down is a restarted counter (the local ledger has no such
+  limit).
 
 **Which series belong to the experiment.** Its deployment's ``predictor_version``, which Seldon takes
 from the predictor's ``version`` annotation (its orchestrator) and ``version`` label (its model

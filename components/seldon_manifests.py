@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,7 +22,17 @@ from typing import Any
 
 import yaml
 
-from abflow.serving.graph import Graph, ab_graph, single_model_graph, to_seldon_deployment
+from abflow.serving.graph import (
+    HEADER_UNIT,
+    RANDOM_ABTEST,
+    Graph,
+    ModelNode,
+    RouterNode,
+    ab_graph,
+    render_router_node,
+    single_model_graph,
+    to_seldon_deployment,
+)
 
 SELDON_API_VERSION = "machinelearning.seldon.io/v1"
 SELDON_GROUP = "machinelearning.seldon.io"
@@ -36,6 +48,8 @@ ROUTING_INJECTION_ENV = {"name": "SELDON_ENABLE_ROUTING_INJECTION", "value": "tr
 
 # How abflow's serving image is started: the model to load and the port Seldon expects a MODEL on.
 SERVING_PORT = 9000
+# The serving image's entry point runs a model server; a router node runs the router server instead.
+ROUTER_COMMAND = ("python3", "-m", "abflow.serving.routerserver")
 SERVING_PORT_NAME = "http"
 READINESS_PATH = "/ready"
 LIVENESS_PATH = "/health/ping"
@@ -103,7 +117,48 @@ def render_seldon_deployment(
             _serve_node(node, image or node_images.get(node["name"]), service_account)
             for node in _model_nodes(predictor["graph"])
         ]
+        if graph.router is not None and needs_router_server(graph.router):
+            router_image = image or next(iter(node_images.values()), None)
+            router_pod = _serve_router(predictor["graph"], graph.router, router_image, graph.name)
+            predictor["componentSpecs"].append(router_pod)
     return manifest
+
+
+def needs_router_server(router: RouterNode) -> bool:
+    """Seldon v1's own RANDOM_ABTEST is a coin flip; a sticky split or a bandit is abflow's router
+    server (``abflow.serving.routerserver``) in a ``type: ROUTER`` node, driven by the orchestrator."""
+    return router.implementation != RANDOM_ABTEST or router.unit is not None
+
+
+def _serve_router(node: dict[str, Any], router: RouterNode, image: str | None, graph_name: str) -> dict[str, Any]:
+    """Rewrite the router node as a custom ROUTER on abflow's image and return its pod: one replica, so
+    one state learns from every feedback (Seldon's orchestrator sends each to the router that chose)."""
+    if image is None:
+        raise ValueError(f"router {router.name!r} ({router.implementation}{', sticky' if router.unit else ''}) runs "
+                         "abflow's router server, which needs abflow's serving image: pass --image")
+    if router.unit_source is not None and router.unit_source[0] == HEADER_UNIT:
+        raise ValueError(f"router {router.name!r} is sticky by {router.unit}, but Seldon v1's orchestrator passes "
+                         "no request headers to a router: make the unit a meta.tags key (tag:KEY) for the cluster")
+    # The router only needs its children's names and order: their models live in their own pods.
+    first, second = (ModelNode(child.name, None, None, None) for child in router.children)
+    bare = dataclasses.replace(router, children=(first, second))
+    args = ["--node", json.dumps(render_router_node(bare), separators=(",", ":")), "--graph-name", graph_name,
+            "--host", "0.0.0.0", "--port", str(SERVING_PORT)]
+    for key in ("implementation", "parameters"):
+        node.pop(key, None)
+    node["type"] = "ROUTER"
+    node["endpoint"] = {"type": "REST", "httpPort": SERVING_PORT}
+    container = {
+        "name": router.name,
+        "image": image,
+        "command": list(ROUTER_COMMAND),
+        "args": args,
+        "ports": [{"name": SERVING_PORT_NAME, "containerPort": SERVING_PORT, "protocol": "TCP"}],
+        "readinessProbe": _probe(READINESS_PATH, initial_delay=2),
+        "livenessProbe": _probe(LIVENESS_PATH, initial_delay=5),
+        "resources": copy.deepcopy(ORCHESTRATOR_RESOURCES),
+    }
+    return {"spec": {"containers": [container]}, "replicas": 1}
 
 
 def render_rbac(

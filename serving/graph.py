@@ -23,8 +23,14 @@ DEFAULT_API_VERSION = f"{API_GROUP}/v1"
 KIND = "SeldonDeployment"
 SKLEARN_SERVER = "SKLEARN_SERVER"
 RANDOM_ABTEST = "RANDOM_ABTEST"
+# Bandits, as Seldon v1 shipped them (as routers in its component library): they learn from feedback.
+EPSILON_GREEDY = "EPSILON_GREEDY"
+THOMPSON_SAMPLING = "THOMPSON_SAMPLING"
+BANDITS = (EPSILON_GREEDY, THOMPSON_SAMPLING)
 MODEL_IMPLEMENTATIONS = (SKLEARN_SERVER,)
-ROUTER_IMPLEMENTATIONS = (RANDOM_ABTEST,)
+ROUTER_IMPLEMENTATIONS = (RANDOM_ABTEST, *BANDITS)
+EPSILON_PARAMETER = "epsilon"
+DEFAULT_EPSILON = 0.1
 RATIO_PARAMETER = "ratioA"
 RATIO_PARAMETER_EXAMPLE = '{"name":"ratioA","value":"0.5","type":"FLOAT"}'
 # abflow's sticky assignment: the router parameter naming the unit a request is assigned by, either a
@@ -61,13 +67,16 @@ class ModelNode:
 
 @dataclass(frozen=True)
 class RouterNode:
-    """A router over two MODEL nodes; ``unit`` (``header:NAME`` or ``tag:KEY``) makes its split sticky."""
+    """A router over two MODEL nodes; ``unit`` (``header:NAME`` or ``tag:KEY``) makes a RANDOM_ABTEST
+    split sticky. ``ratio_a`` is RANDOM_ABTEST's and ``epsilon`` EPSILON_GREEDY's; the other router
+    implementations ignore them."""
 
     name: str
     implementation: str
     ratio_a: float
     children: tuple[ModelNode, ModelNode]
     unit: str | None = None
+    epsilon: float = DEFAULT_EPSILON
 
     @property
     def unit_source(self) -> tuple[str, str] | None:
@@ -210,6 +219,20 @@ def with_unit(graph: Graph, unit: str) -> Graph:
     return dataclasses.replace(graph, root=dataclasses.replace(router, unit=unit.strip()))
 
 
+def parse_router_node(raw: object, where: str = "router node") -> RouterNode:
+    """One router node in the graph's own form (``to_seldon_deployment``'s), as the router server
+    takes it on a cluster, validated like the whole graph."""
+    node = _parse_node(raw, {}, where, top=True)
+    if not isinstance(node, RouterNode):
+        raise GraphError(f"{where} is a MODEL node ({node.name!r}); a router server needs a router node")
+    return node
+
+
+def render_router_node(node: RouterNode) -> dict[str, Any]:
+    """``node`` in the graph's own form, what ``parse_router_node`` reads back."""
+    return _render_node(node)
+
+
 def parse_model_option(option: str) -> tuple[str, str]:
     """Split a ``--model NODE=URI`` value (the URI may itself contain '=')."""
     node, sep, uri = option.partition("=")
@@ -274,7 +297,11 @@ def to_seldon_deployment(graph: Graph) -> dict[str, Any]:
 
 def _render_node(node: ModelNode | RouterNode) -> dict[str, Any]:
     if isinstance(node, RouterNode):
-        parameters = [{"name": RATIO_PARAMETER, "value": repr(node.ratio_a), "type": "FLOAT"}]
+        parameters = []
+        if node.implementation == RANDOM_ABTEST:
+            parameters.append({"name": RATIO_PARAMETER, "value": repr(node.ratio_a), "type": "FLOAT"})
+        if node.implementation == EPSILON_GREEDY:
+            parameters.append({"name": EPSILON_PARAMETER, "value": repr(node.epsilon), "type": "FLOAT"})
         if node.unit is not None:
             parameters.append({"name": UNIT_PARAMETER, "value": node.unit, "type": "STRING"})
         return {
@@ -400,14 +427,42 @@ def _parse_router(
         )
     if len(children) != 2:
         raise GraphError(
-            f"RANDOM_ABTEST needs exactly two children, got {len(children)} (graph node {name!r}): "
+            f"{implementation} needs exactly two children, got {len(children)} (graph node {name!r}): "
             "give the router two MODEL children, A first"
         )
-    ratio_a, unit = _parse_router_parameters(name, node.get("parameters"))
     parsed = tuple(_parse_node(child, images, f"{where}.children[{i}]", top=False) for i, child in enumerate(children))
     first, second = parsed
     assert isinstance(first, ModelNode) and isinstance(second, ModelNode)
+    if implementation in BANDITS:
+        epsilon = _parse_bandit_parameters(name, implementation, node.get("parameters"))
+        return RouterNode(name=name, implementation=implementation, ratio_a=0.5, children=(first, second),
+                          epsilon=epsilon)
+    ratio_a, unit = _parse_router_parameters(name, node.get("parameters"))
     return RouterNode(name=name, implementation=RANDOM_ABTEST, ratio_a=ratio_a, children=(first, second), unit=unit)
+
+
+def _parse_bandit_parameters(name: str, implementation: str, parameters: object) -> float:
+    """EPSILON_GREEDY's ``epsilon`` (default 0.1); Seldon's ``n_branches`` is accepted when it is 2.
+    Nothing else: a parameter abflow would not honour is an error, not a silent default."""
+    params = _parameters(name, parameters)
+    known = ("n_branches", EPSILON_PARAMETER) if implementation == EPSILON_GREEDY else ("n_branches",)
+    extra = [p for p in params if p not in known]
+    if extra:
+        raise GraphError(f"{implementation} does not take parameter {extra[0]!r} (graph node {name!r}); it takes "
+                         f"{', '.join(known)}: remove {extra[0]!r}")
+    if "n_branches" in params and str(params["n_branches"][0]) != "2":
+        raise GraphError(f"n_branches must be 2, the number of children, got {params['n_branches'][0]!r} "
+                         f"(graph node {name!r})")
+    if EPSILON_PARAMETER not in params:
+        return DEFAULT_EPSILON
+    value = params[EPSILON_PARAMETER][0]
+    try:
+        epsilon = float(value) if not isinstance(value, bool) and isinstance(value, str | int | float) else math.nan
+    except ValueError:
+        epsilon = math.nan
+    if math.isnan(epsilon) or not 0.0 <= epsilon <= 1.0:
+        raise GraphError(f"epsilon must be a number between 0 and 1, got {value!r} (graph node {name!r})")
+    return epsilon
 
 
 def _parse_router_parameters(name: str, parameters: object) -> tuple[float, str | None]:

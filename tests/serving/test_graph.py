@@ -166,7 +166,7 @@ MODEL_CHILD = {"name": "classifier-3", "type": "MODEL", "children": []}
         (_set(f"{GRAPH}.parameters", "ratioA=0.5"), "must be a list"),
         (_set(f"{GRAPH}.children.2", MODEL_CHILD), "exactly two children, got 3 (graph node 'random-ab-test')"),
         (_set(f"{GRAPH}.children", [MODEL_CHILD]), "exactly two children, got 1"),
-        (_set(f"{GRAPH}.implementation", "EPSILON_GREEDY"), "supported implementations: SKLEARN_SERVER, RANDOM_ABTEST"),
+        (_set(f"{GRAPH}.implementation", "UCB1"), "supported implementations: SKLEARN_SERVER, RANDOM_ABTEST"),
         (
             _set(GRAPH, {"name": "custom-router", "type": "ROUTER", "children": [MODEL_CHILD, MODEL_CHILD]}),
             'set "implementation": "RANDOM_ABTEST"',
