@@ -28,9 +28,9 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
-import math
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,8 +40,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from abflow.serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME, GraphError, ab_graph, to_seldon_deployment
-from abflow.serving.supervisor import DetachError, start_detached, stop_detached
+from abflow.serving.graph import (
+    DEFAULT_ARM_NAMES,
+    DEFAULT_ROUTER_NAME,
+    GraphError,
+    ab_graph,
+    check_ratio,
+    to_seldon_deployment,
+)
+from abflow.serving.supervisor import DetachError, endpoint_status, start_detached, stop_detached
 
 TARGET = "local"
 RELEASES = "releases"
@@ -122,7 +129,7 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
     not start (a model that cannot be served, a port held by something else): the running release
     was not touched, and the new release's folder is removed again.
     """
-    _check_ratio(ratio_a)
+    check_ratio(ratio_a, "ratio_a")
     if not 0 < port < 65536:
         raise ValueError(f"port must be between 1 and 65535, got {port}")
     model_a_uri, model_b_uri = _absolute_uri(model_a_uri), _absolute_uri(model_b_uri)
@@ -205,6 +212,21 @@ def current_deployment(state_root: Path) -> DeploymentRecord | None:
     return _read_record(state_root / CURRENT)
 
 
+def port_in_use(state_root: Path, port: int, host: str = "127.0.0.1") -> str | None:
+    """Why a new release under ``state_root`` could not listen on ``host:port``, or ``None`` when it
+    could: the port is free, or the endpoint serving from ``state_root`` holds it (a deploy replaces
+    that one on the same port). For checking a run before it trains anything."""
+    try:
+        with socket.create_server((host, port)):
+            return None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    current = current_deployment(state_root.resolve())
+    if current is not None and current.port == port and _is_running(current):
+        return None
+    return f"port {port} on {host} is in use by another program ({reason})"
+
+
 def stop_local(state_root: Path, timeout: float = 10.0) -> bool:
     """Stop the endpoint under ``state_root`` (and any release left running beside it) if it runs; the
     pointers stay, so a later deploy or rollback knows the history. Returns whether something was
@@ -213,13 +235,6 @@ def stop_local(state_root: Path, timeout: float = 10.0) -> bool:
     for serving in sorted((state_root / RELEASES).glob(f"*/{SERVING_DIR}")):
         stopped = stop_detached(serving, timeout=timeout) or stopped
     return stopped
-
-
-def _check_ratio(ratio_a: float) -> None:
-    if isinstance(ratio_a, bool) or not isinstance(ratio_a, int | float) or not (
-            math.isfinite(ratio_a) and 0.0 <= ratio_a <= 1.0):
-        raise ValueError(
-            f"ratio_a must be between 0 and 1 (arm A's share of traffic, e.g. 0.5), got {ratio_a!r}")
 
 
 def _absolute_uri(uri: str) -> str:
@@ -256,7 +271,14 @@ def _start(record: DeploymentRecord, ready_timeout: float) -> DeploymentRecord:
 def _still_serving(record: DeploymentRecord | None) -> str:
     if record is None:
         return "nothing was deployed before, so no endpoint is running; fix the cause and deploy again"
+    if not _is_running(record):
+        return f"release {record.release}, deployed before, is not running either; fix the cause and deploy again"
     return f"release {record.release} keeps serving at {record.endpoint}; fix the cause and deploy again"
+
+
+def _is_running(record: DeploymentRecord) -> bool:
+    status = endpoint_status(Path(record.serving_state_dir))
+    return bool(status and status.get("running"))
 
 
 def _serving_dir(state_root: Path, release: int) -> Path:

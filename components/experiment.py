@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from abflow.components.store_writes import ABSENT, open_writable_store
+from abflow.serving.graph import check_ratio
 from abflow.serving.store import StoreError
 
 EXPERIMENTS = "experiments"
@@ -152,8 +153,8 @@ def parse_ratio_schedule(text: str) -> tuple[float, ...]:
         steps = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"ratio_schedule must be comma-separated numbers like 0.9,0.75,0.5, got {text!r}") from None
-    if any(not 0.0 <= step <= 1.0 for step in steps):
-        raise ValueError(f"ratio_schedule steps are the champion's share of traffic, each in [0, 1], got {text!r}")
+    for number, step in enumerate(steps, 1):
+        check_ratio(step, f"ratio_schedule step {number}", f" in {text!r}")
     return steps
 
 

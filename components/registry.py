@@ -196,7 +196,7 @@ def model_uri_in_store(store: Store, name: str, uri: str, *, where: str) -> str:
     except StoreError as exc:
         raise StoreError(f"{where} points at a model outside its artifact store: {exc}; {_CHAMPION_FIX}") from None
     prefix, _, version = key.rpartition("/")
-    if prefix != f"models/{_check_name(name)}" or not _VERSION.fullmatch(version) or version == CHAMPION_FILE:
+    if prefix != f"models/{check_name(name)}" or not _VERSION.fullmatch(version) or version == CHAMPION_FILE:
         raise StoreError(f"{where} points at {uri!r}, which is not a version folder of model {name!r} "
                          f"(models/{name}/<version> in {store.uri}); {_CHAMPION_FIX}")
     return store.uri_for(key)
@@ -266,14 +266,14 @@ def _parse_champion_file(data: bytes, where: str) -> dict[str, Any]:
 
 
 def _champion_key(name: str) -> str:
-    return f"models/{_check_name(name)}/{CHAMPION_FILE}"
+    return f"models/{check_name(name)}/{CHAMPION_FILE}"
 
 
 def _model_key(name: str, version: str) -> str:
-    return f"models/{_check_name(name)}/{version}"
+    return f"models/{check_name(name)}/{version}"
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise ValueError(
             f"model name {name!r} must be 1-63 lower-case letters, digits or '-', starting and ending "

@@ -27,7 +27,7 @@ from requests import RequestException, Session, Timeout, post
 from scipy.stats import binomtest
 
 from abflow.serving.artifact import DEFAULT_CLASS_NAMES, DEFAULT_FEATURE_NAMES
-from abflow.serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME
+from abflow.serving.graph import DEFAULT_ARM_NAMES, DEFAULT_ROUTER_NAME, check_ratio
 
 PREDICTIONS_PATH = "/api/v1.0/predictions"
 OAUTH_TOKEN_PATH = "/oauth/token"
@@ -275,8 +275,7 @@ def _auth_headers(url: str, oauth: tuple[str, str] | None, timeout: float) -> tu
 
 def _validate_arguments(requests: int, ratio_a: float, concurrency: int, p99_budget_ms: float,
                         min_p_value: float, arm_names: Sequence[str]) -> None:
-    if not (isinstance(ratio_a, int | float) and math.isfinite(ratio_a) and 0.0 <= ratio_a <= 1.0):
-        raise ValueError(f"ratio_a must be between 0 and 1 (the share of traffic for arm A), got {ratio_a!r}")
+    check_ratio(ratio_a, "ratio_a")
     if requests < 1:
         raise ValueError(f"requests must be at least 1, got {requests}")
     if concurrency < 1:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from abflow.components.imaging import is_local_registry
+from abflow.pipelines.parameters import parameter_problems
 
 CLUSTER_BUILDER = "kaniko"
 CLUSTER_TARGET = "seldon"
@@ -21,17 +22,8 @@ PUSH_HINT = "abflow images push --repo REGISTRY/PATH, then pass --image-repo REG
 # Kubernetes object names: a DNS-1123 label (namespaces) and subdomain (deployments, service accounts).
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-# (parameter, lowest, highest, lowest allowed?, highest allowed?), checked when the pipeline declares it.
-_RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
-    ("ratio_a", 0.0, 1.0, True, True),
-    ("test_size", 0.0, 1.0, False, False),
-    ("min_accuracy", 0.0, 1.0, True, True),
-    ("max_regression", 0.0, 1.0, True, True),
-    ("c", 0.0, float("inf"), False, True),
-    ("max_iter", 1, float("inf"), True, True),
-    ("smoke_requests", 1, float("inf"), True, True),
-    ("p99_budget_ms", 0.0, float("inf"), False, True),
-)
+CLUSTER_JUDGED = frozenset({"target", "builder"})
+"""Parameters whose every laptop value the checks below refuse with the cluster's own advice."""
 
 
 def cluster_problems(parameters: Mapping[str, Any], images: Iterable[str]) -> list[str]:
@@ -44,7 +36,7 @@ def cluster_problems(parameters: Mapping[str, Any], images: Iterable[str]) -> li
         if is_local_registry(image)
     ]
     problems += _deployment_problems(parameters)
-    problems += _range_problems(parameters)
+    problems += parameter_problems({k: v for k, v in parameters.items() if k not in CLUSTER_JUDGED}, str)
     return problems
 
 
@@ -87,18 +79,4 @@ def _deployment_problems(p: Mapping[str, Any]) -> list[str]:
     account = p.get("service_account")
     if account and not _DNS_SUBDOMAIN.match(str(account)):
         problems.append(f"service_account={account!r} is not a Kubernetes service account name (a DNS subdomain)")
-    return problems
-
-
-def _range_problems(p: Mapping[str, Any]) -> list[str]:
-    problems = []
-    for name, low, high, low_ok, high_ok in _RANGES:
-        if name not in p:
-            continue
-        value = p[name]
-        above = value > low if not low_ok else value >= low
-        below = value < high if not high_ok else value <= high
-        if not (above and below):
-            interval = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf", "∞")
-            problems.append(f"{name}={value:g} is outside {interval}")
     return problems

@@ -8,6 +8,7 @@ how to fix the document instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -496,19 +497,31 @@ def _parse_ratio(name: str, params: dict[str, tuple[object, object]]) -> float:
     value, value_type = params[RATIO_PARAMETER]
     if value_type is not None and value_type not in FLOAT_TYPES:
         raise GraphError(f'ratioA must have "type": "FLOAT", got {value_type!r} (graph node {name!r})')
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise GraphError(f"ratioA must be a number between 0 and 1, got {value!r} (graph node {name!r})")
+    ratio: object = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # not a number: check_ratio names the text as written
+            ratio = float(value)
+    return _check_ratio(ratio, name)
+
+
+def check_ratio(value: object, what: str = "ratioA", where: str = "") -> float:
+    """``value`` as a float if it is a number in [0, 1] (NaN, infinities and booleans are not), else a
+    ``ValueError`` naming ``what`` (and ``where``, e.g. the graph node) and what the number means.
+
+    The one validator of a share of traffic: the graph parser, the routers, the pipeline's deploy and
+    smoke steps, ``ratio_schedule`` and ``abflow run``'s flags all call it, so they accept the same
+    numbers and refuse the rest in the same words."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what} must be between 0 and 1, got {value!r}{where}: it is the share of traffic "
+                         "arm A (the champion) gets, e.g. 0.5")
+    return float(value)
+
+
+def _check_ratio(ratio: object, name: str) -> float:
     try:
-        ratio = float(value)
-    except ValueError:
-        raise GraphError(f"ratioA must be a number between 0 and 1, got {value!r} (graph node {name!r})") from None
-    _check_ratio(ratio, name)
-    return ratio
-
-
-def _check_ratio(ratio: float, name: str) -> None:
-    if math.isnan(ratio) or not 0.0 <= ratio <= 1.0:
-        raise GraphError(f"ratioA must be between 0 and 1, got {ratio} (graph node {name!r})")
+        return check_ratio(ratio, where=f" (graph node {name!r})")
+    except ValueError as exc:
+        raise GraphError(str(exc)) from None
 
 
 def _check_model_parameters(name: str, parameters: object) -> None:

@@ -33,6 +33,7 @@ from abflow.serving.graph import (
     THOMPSON_SAMPLING,
     GraphError,
     RouterNode,
+    check_ratio,
 )
 from abflow.serving.ledger import ArmOutcomes
 from abflow.serving.protocol import PredictionRequest
@@ -153,9 +154,7 @@ class RandomABTest:
     n_arms = 2
 
     def __init__(self, ratio_a: float, rng: random.Random | None = None, *, salt: str | None = None) -> None:
-        if math.isnan(ratio_a) or not 0.0 <= ratio_a <= 1.0:
-            raise ValueError(f"ratioA must be between 0 and 1, got {ratio_a}")
-        self.ratio_a = float(ratio_a)
+        self.ratio_a = check_ratio(ratio_a)
         self.salt = salt
         self.fallbacks = 0
         self._random = (rng or random.Random()).random

@@ -132,7 +132,7 @@ def test_the_laptop_pipeline_is_refused_with_every_fix_and_nothing_sent(
     err = capsys.readouterr().err
     assert err.startswith("abflow submit: this run would fail on the cluster:\n")
     for fix in ("--image-repo REGISTRY/PATH", "--param target=seldon", "--param artifact_root=gs://BUCKET/PREFIX",
-                "--param builder=kaniko", "ratio_a=1.5 is outside [0, 1]"):  # fmt: skip
+                "--param builder=kaniko", "ratio_a must be between 0 and 1, got 1.5"):  # fmt: skip
         assert fix in err, fix
     assert state.requests == []
 
