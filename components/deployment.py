@@ -262,7 +262,7 @@ def _start(record: DeploymentRecord, ready_timeout: float) -> DeploymentRecord:
     try:
         info = start_detached(Path(record.graph_path), record.models(), host=record.host, port=record.port,
                               state_dir=Path(record.serving_state_dir), ready_timeout=ready_timeout,
-                              reuse_port=True)
+                              reuse_port=True, experiment=record.experiment_id or None)
     except (DetachError, GraphError, OSError) as exc:
         raise DeployError(str(exc)) from exc
     return dataclasses.replace(record, endpoint=info.url.rstrip("/"))

@@ -27,6 +27,7 @@ from typing import Any
 
 from abflow.components.store_writes import ABSENT, open_writable_store
 from abflow.serving.graph import check_ratio
+from abflow.serving.ledger import LEDGER_FILE
 from abflow.serving.store import StoreError
 
 EXPERIMENTS = "experiments"
@@ -37,8 +38,6 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 LEDGER = "ledger:"
 PROMETHEUS = "prometheus:"
-LEDGER_FILE = "outcomes.sqlite"
-"""The ledger's file name in a local endpoint's serving state directory."""
 UPDATE_ATTEMPTS = 50
 
 _ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

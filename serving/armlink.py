@@ -12,8 +12,12 @@ Frames (little-endian):
 * arm → executor on connect: ``<I`` length + JSON hello (node name, URI, class names, features, pid)
 * request: ``<QII`` id, rows, columns, then rows × columns float64; 0 rows × 0 columns is a
   liveness probe (no request decodes to it), answered with an empty reply without touching the model
-* reply: ``<QiI`` id, rows, columns, then rows × columns float64; rows < 0 means an error whose
+* reply: ``<QiI`` id, rows, columns, then rows × columns float64; rows = -1 means an error whose
   UTF-8 message of ``columns`` bytes follows
+* control request: ``<QII`` id, 0 rows, n > 0 "columns", then n bytes of JSON: ``{"op": "metrics"}``
+  is answered with rows = -2 and the arm's Prometheus exposition of ``columns`` bytes;
+  ``{"op": "feedback", "reward": r}`` (Seldon's ``/send-feedback``, so the arm's own feedback
+  counters count it) is not answered, so it costs the executor no wait
 
 Liveness: an arm that is alive but stuck (stopped, deadlocked, in an endless loop) keeps its socket
 open, so a lost connection alone never notices it. With ``start_probing`` the executor sends a probe
@@ -32,6 +36,7 @@ import asyncio
 import contextlib
 import os
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +45,9 @@ import numpy as np
 import orjson
 
 REQUEST = struct.Struct("<QII")
+ERROR_ROWS = -1
+CONTROL_ROWS = -2
+MAX_CONTROL_BYTES = 64 * 1024
 REPLY = struct.Struct("<QiI")
 HELLO = struct.Struct("<I")
 MAX_FRAME_VALUES = 16 * 1024 * 1024
@@ -56,6 +64,10 @@ LOST = "connection lost (the arm process exited?)"
 
 Rows = np.ndarray[Any, np.dtype[np.float64]]
 Predict = Callable[[Rows], Rows]
+Control = Callable[[dict[str, Any]], bytes | None]
+"""The arm's answer to a control request, or ``None`` for one that is not answered."""
+Observe = Callable[[int, float], None]
+"""Called per request frame with the status it got (200 or 500) and the seconds its prediction took."""
 OnHung = Callable[["ArmInfo | None"], None]
 
 
@@ -69,17 +81,22 @@ class ArmInfo:
     n_features: int | None
     pid: int
     port: int | None
+    version: str = ""
+    """The model version from its metadata.json (empty for an unverified model), for metric labels."""
+    image: str = ""
 
     def hello(self) -> bytes:
         body = orjson.dumps({"name": self.name, "uri": self.uri, "class_names": list(self.class_names),
-                             "n_features": self.n_features, "pid": self.pid, "port": self.port})
+                             "n_features": self.n_features, "pid": self.pid, "port": self.port,
+                             "version": self.version, "image": self.image})
         return HELLO.pack(len(body)) + body
 
     @classmethod
     def from_json(cls, body: bytes) -> ArmInfo:
         raw = orjson.loads(body)
         return cls(name=raw["name"], uri=raw["uri"], class_names=tuple(raw["class_names"]),
-                   n_features=raw["n_features"], pid=raw["pid"], port=raw["port"])
+                   n_features=raw["n_features"], pid=raw["pid"], port=raw["port"],
+                   version=raw.get("version", ""), image=raw.get("image", ""))
 
 
 class ArmUnavailable(Exception):
@@ -103,9 +120,11 @@ class ArmFailed(Exception):
 
 
 class _ArmServerProtocol(asyncio.Protocol):
-    def __init__(self, predict: Predict, hello: bytes) -> None:
+    def __init__(self, predict: Predict, hello: bytes, control: Control | None, observe: Observe | None) -> None:
         self._predict = predict
         self._hello = hello
+        self._control = control
+        self._observe = observe
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
 
@@ -122,15 +141,20 @@ class _ArmServerProtocol(asyncio.Protocol):
         offset = 0
         while len(buffer) - offset >= REQUEST.size:
             request_id, rows, columns = REQUEST.unpack_from(buffer, offset)
-            if rows * columns > MAX_FRAME_VALUES:
+            control = rows == 0 and columns > 0
+            if rows * columns > MAX_FRAME_VALUES or (control and columns > MAX_CONTROL_BYTES):
                 assert self._transport is not None
                 self._transport.close()
                 return
-            end = offset + REQUEST.size + rows * columns * 8
+            end = offset + REQUEST.size + (columns if control else rows * columns * 8)
             if len(buffer) < end:
                 break
             if rows == columns == 0:
                 pongs.append(REPLY.pack(request_id, 0, 0))
+            elif control:
+                answer = self._answer_control(request_id, bytes(buffer[offset + REQUEST.size:end]))
+                if answer is not None:
+                    pongs.append(answer)
             else:
                 frames.append((request_id, _rows(buffer, offset + REQUEST.size, rows, columns)))
             offset = end
@@ -149,6 +173,7 @@ class _ArmServerProtocol(asyncio.Protocol):
             while stop < len(frames) and frames[stop][1].shape[1] == width:
                 stop += 1
             group = frames[start:stop]
+            started = time.perf_counter()
             try:
                 result = self._predict(np.vstack([rows for _, rows in group]) if len(group) > 1 else group[0][1])
             except Exception:  # noqa: BLE001 - retried one by one so only the bad frame fails
@@ -158,15 +183,36 @@ class _ArmServerProtocol(asyncio.Protocol):
                 for request_id, rows in group:
                     out.append(_reply(request_id, result[first:first + rows.shape[0]]))
                     first += rows.shape[0]
+                if self._observe is not None:
+                    seconds = time.perf_counter() - started
+                    for _ in group:
+                        self._observe(200, seconds)
             start = stop
         return out
 
     def _answer_one(self, request_id: int, rows: Rows) -> bytes:
+        started = time.perf_counter()
         try:
-            return _reply(request_id, self._predict(rows))
+            reply = _reply(request_id, self._predict(rows))
+            status = 200
         except Exception as exc:  # noqa: BLE001 - the executor turns it into a 500 naming the arm
             message = f"{type(exc).__name__}: {exc}".encode()[:4096]
-            return REPLY.pack(request_id, -1, len(message)) + message
+            reply = REPLY.pack(request_id, ERROR_ROWS, len(message)) + message
+            status = 500
+        if self._observe is not None:
+            self._observe(status, time.perf_counter() - started)
+        return reply
+
+    def _answer_control(self, request_id: int, body: bytes) -> bytes | None:
+        try:
+            message = orjson.loads(body)
+            if not isinstance(message, dict):
+                raise ValueError(f"a control request is a JSON object, got {body[:80]!r}")
+            answer = self._control(message) if self._control is not None else None
+        except Exception as exc:  # noqa: BLE001 - a bad control request must not end the connection
+            text = f"{type(exc).__name__}: {exc}".encode()[:4096]
+            return REPLY.pack(request_id, ERROR_ROWS, len(text)) + text
+        return None if answer is None else REPLY.pack(request_id, CONTROL_ROWS, len(answer)) + answer
 
 
 def _rows(buffer: bytearray, offset: int, rows: int, columns: int) -> Rows:
@@ -180,13 +226,14 @@ def _reply(request_id: int, result: Rows) -> bytes:
     return REPLY.pack(request_id, result.shape[0], result.shape[1]) + result.tobytes()
 
 
-async def serve_frames(path: str, predict: Predict, info: ArmInfo) -> asyncio.AbstractServer:
+async def serve_frames(path: str, predict: Predict, info: ArmInfo, *, control: Control | None = None,
+                       observe: Observe | None = None) -> asyncio.AbstractServer:
     """Listen on unix socket ``path`` (replacing a stale one from a crashed predecessor)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     hello = info.hello()
     loop = asyncio.get_running_loop()
-    return await loop.create_unix_server(lambda: _ArmServerProtocol(predict, hello), path)
+    return await loop.create_unix_server(lambda: _ArmServerProtocol(predict, hello, control, observe), path)
 
 
 # --- executor side --------------------------------------------------------------------------------
@@ -198,7 +245,7 @@ class _ArmClientProtocol(asyncio.Protocol):
         self._buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.hello: asyncio.Future[ArmInfo] = asyncio.get_running_loop().create_future()
-        self.pending: dict[int, asyncio.Future[Rows]] = {}
+        self.pending: dict[int, asyncio.Future[Any]] = {}
         self.reason = LOST
         """Why the connection ended, for the requests it fails: set before closing it on purpose."""
 
@@ -227,7 +274,9 @@ class _ArmClientProtocol(asyncio.Protocol):
                 break
             future = pending.pop(request_id, None)
             if future is not None and not future.done():
-                if rows < 0:
+                if rows == CONTROL_ROWS:
+                    future.set_result(bytes(buffer[offset + REPLY.size:end]))
+                elif rows < 0:
                     message = bytes(buffer[offset + REPLY.size:end]).decode("utf-8", "replace")
                     future.set_exception(ArmFailed(message))
                 else:
@@ -279,7 +328,27 @@ class ArmLink:
 
     async def predict(self, rows: Rows) -> Rows:
         protocol = self._protocol or await self._connect_unless_hung()
-        return await self._send(protocol, np.ascontiguousarray(rows, dtype="<f8"), self._request_timeout)
+        rows = np.ascontiguousarray(rows, dtype="<f8")
+        result: Rows = await self._exchange(protocol, rows.shape[0], rows.shape[1], rows.tobytes(),
+                                            self._request_timeout)
+        return result
+
+    async def exposition(self, timeout: float = 2.0) -> bytes:
+        """The arm's own Prometheus exposition (what its ``/metrics`` would say)."""
+        protocol = self._protocol or await self._connect_unless_hung()
+        body = orjson.dumps({"op": "metrics"})
+        answer: bytes = await self._exchange(protocol, 0, len(body), body, timeout)
+        return answer
+
+    def send_feedback(self, reward: float) -> bool:
+        """Tell the arm about a reward for its feedback counters, without waiting; False if it is not
+        connected (its counters then miss this one; the executor's ledger does not)."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            return False
+        body = orjson.dumps({"op": "feedback", "reward": reward})
+        protocol.transport.write(REQUEST.pack(0, 0, len(body)) + body)
+        return True
 
     def start_probing(self, on_hung: OnHung | None = None) -> None:
         """Probe the arm's liveness from now on (see the module docstring); ``on_hung`` is called with the
@@ -294,12 +363,18 @@ class ArmLink:
             self._protocol.transport.close()
 
     async def _send(self, protocol: _ArmClientProtocol, rows: Rows, timeout: float) -> Rows:
+        result: Rows = await self._exchange(protocol, rows.shape[0], rows.shape[1], rows.tobytes(), timeout)
+        return result
+
+    async def _exchange(self, protocol: _ArmClientProtocol, rows: int, columns: int, payload: bytes,
+                        timeout: float) -> Any:
+        """Send one request frame and wait for its reply: rows, or a control request's bytes."""
         transport = protocol.transport
         assert transport is not None
         self._next_id = request_id = (self._next_id + 1) & 0xFFFF_FFFF_FFFF_FFFF
-        future: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         protocol.pending[request_id] = future
-        transport.write(REQUEST.pack(request_id, rows.shape[0], rows.shape[1]) + rows.tobytes())
+        transport.write(REQUEST.pack(request_id, rows, columns) + payload)
         timer = asyncio.get_running_loop().call_later(timeout, self._expire, protocol, request_id, timeout)
         try:
             return await future

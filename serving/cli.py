@@ -19,6 +19,8 @@ from abflow.serving.limits import add_limit_arguments, export_limits
 
 DEFAULT_STATE_DIR = Path("abflow-data") / "serving"
 STATE_DIR_ENV = "ABFLOW_STATE_DIR"
+EXPERIMENT_ENV = "ABFLOW_EXPERIMENT"
+"""The fallback of ``abflow serve --experiment``."""
 
 SERVE_EXAMPLES = """\
 examples:
@@ -92,6 +94,11 @@ def add_commands(subparsers: Any) -> None:
                             "always gets the same arm (a salted hash; requests without it are split at random "
                             "and counted in /metrics); overrides the router's unit parameter, e.g. "
                             f"--unit header:X-User-Id (default: ${UNIT_ENV})")
+    serve.add_argument("--experiment", default=os.environ.get(EXPERIMENT_ENV) or None, metavar="ID",
+                       help="the experiment this endpoint serves: every prediction's status, latency and arm and "
+                            "every feedback is recorded in the durable ledger <state dir>/outcomes.sqlite (what "
+                            "abflow experiment status and the pipeline's conclude step read) "
+                            f"(default: ${EXPERIMENT_ENV})")
     serve.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
     _add_state_dir(serve)
     add_limit_arguments(serve)
@@ -128,6 +135,7 @@ def _models(options: list[str]) -> dict[str, str]:
 
 def _serve(args: argparse.Namespace) -> int:
     from abflow.serving.graph import GraphError
+    from abflow.serving.ledger import LedgerError
 
     export_limits(args)  # the serving process, detached or not, reads them as ABFLOW_<NAME>
     if args.unit:
@@ -141,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
             try:
                 info = start_detached(args.graph, models, host=args.host, port=args.port,
                                       state_dir=state_dir, ready_timeout=args.ready_timeout,
-                                      allow_unverified=args.allow_unverified_model)
+                                      allow_unverified=args.allow_unverified_model, experiment=args.experiment)
             except DetachError as exc:
                 print(f"abflow serve: {exc}", file=sys.stderr)
                 return 1
@@ -153,8 +161,9 @@ def _serve(args: argparse.Namespace) -> int:
         from abflow.serving.supervisor import serve_foreground
 
         return serve_foreground(args.graph, models, host=args.host, port=args.port, ready_file=args.ready_file,
-                                allow_unverified=args.allow_unverified_model)
-    except (GraphError, OSError) as exc:
+                                allow_unverified=args.allow_unverified_model, experiment=args.experiment,
+                                state_dir=args.state_dir or default_state_dir())
+    except (GraphError, OSError, LedgerError) as exc:
         print(f"abflow serve: {exc}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,17 @@ Faults, as the executor answers them (``EndpointLimits`` holds the numbers):
   probe, which fails its requests at once, so they fail over in ~3 s, well within the deadline.
 * the unauthenticated surface (``/health/*``, ``/ready``, ``/live``, ``/metrics``) tells states and
   counts: arm names, up/down and why, never a pid, port, file path or URI.
+
+Outcomes, with an ``experiment``: every prediction (status, latency, the arm that answered; one that
+reached no arm, refused before routing, belongs to no arm and is not recorded) and every counted
+feedback goes into ``ledger`` (``abflow.serving.ledger``), which flushes twice a second.
+
+Feedback finds its arm by ``response.meta.routing`` or, without one, by the prediction's
+``meta.puid`` (``abflow.serving.puids`` remembers the arm of each recent prediction; its window is
+stated there). Each puid's feedback counts once: a repeat is answered 200 with a status saying it was
+already counted (``FEEDBACK_ALREADY_COUNTED``) and is counted nowhere, so a client retrying after a
+lost answer neither double-counts nor sees a failure. Routing that contradicts the arm remembered
+for the puid is refused with 409: nobody can credit the wrong arm.
 """
 
 from __future__ import annotations
@@ -31,12 +42,15 @@ import orjson
 
 from abflow.serving.armlink import ArmFailed, ArmInfo, ArmUnavailable, Rows
 from abflow.serving.graph import HEADER_UNIT, Graph
+from abflow.serving.ledger import OutcomeLedger, read_outcomes
 from abflow.serving.limits import FAILOVER, EndpointLimits
-from abflow.serving.metrics import NO_ARM, ServingMetrics
+from abflow.serving.metrics import NO_ARM, ExecutorMetrics, SeldonLabels, merge_expositions
 from abflow.serving.oauth import MAX_TOKEN_BODY_BYTES, UNAUTHORIZED, OAuthError, TokenIssuer
 from abflow.serving.protocol import (
+    BAD_DATA,
     INTERNAL_ERROR,
     MAX_BODY_BYTES,
+    Feedback,
     PredictionRequest,
     SeldonError,
     decode_feedback,
@@ -44,7 +58,8 @@ from abflow.serving.protocol import (
     encode_prediction_response,
     new_puid,
 )
-from abflow.serving.routers import Router, make_router, pinned_arm
+from abflow.serving.puids import PuidMemory
+from abflow.serving.routers import Router, make_router, pinned_arm, stats_from_outcomes
 from abflow.serving.service import Call, Reply, Routes, status_reply
 
 T = TypeVar("T")
@@ -53,6 +68,8 @@ TIMEOUT = "MICROSERVICE_TIMEOUT"
 _PATH_OR_URI = re.compile(r"[a-zA-Z][\w+.-]*://\S*|(?<![\w.])/[^\s'\"]+")
 PREDICTION_PATHS = ("/api/v1.0/predictions", "/api/v0.1/predictions")
 FEEDBACK_PATHS = ("/api/v1.0/feedback", "/api/v0.1/feedback")
+ALREADY_COUNTED = "FEEDBACK_ALREADY_COUNTED"
+CONFLICT = "FEEDBACK_CONFLICT"
 ROUTE_HEADER = "x-seldon-route"
 """Names the arm that served (``:classifier-1:``, Seldon v2's form); a client that sends it back is
 pinned to that arm."""
@@ -72,6 +89,10 @@ class Arm(Protocol):
 
     async def predict(self, rows: Rows) -> Rows: ...
 
+    async def exposition(self) -> bytes: ...
+
+    def send_feedback(self, reward: float) -> bool: ...
+
 
 class Executor:
     """Serves one graph: a single MODEL node, or a RANDOM_ABTEST router over two.
@@ -79,19 +100,29 @@ class Executor:
     ``arms`` are in child order (arm 0 is the router's first child). ``model_uris`` maps node name →
     URI and is what ``meta.requestPath`` reports for nodes without an image. ``limits`` defaults to
     ``EndpointLimits.from_env()``. ``experiment`` (the experiment id; the graph name when there is
-    none) salts a sticky router's hash, so each experiment reshuffles who sees which arm.
+    none) salts a sticky router's hash, so each experiment reshuffles who sees which arm, and names the
+    experiment whose outcomes go into ``ledger`` (kept reachable as ``self.ledger``).
     """
 
     def __init__(self, graph: Graph, model_uris: dict[str, str], arms: Sequence[Arm], *,
-                 router: Router | None = None, metrics: ServingMetrics | None = None, experiment: str | None = None,
-                 limits: EndpointLimits | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 router: Router | None = None, metrics: ExecutorMetrics | None = None, experiment: str | None = None,
+                 limits: EndpointLimits | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 ledger: OutcomeLedger | None = None) -> None:
         nodes = graph.model_nodes()
         if [arm.name for arm in arms] != [node.name for node in nodes]:
             raise ValueError(f"arms {[a.name for a in arms]} do not match the graph's MODEL nodes "
                              f"{[n.name for n in nodes]}")
         self.graph = graph
         self.arms = tuple(arms)
-        self.metrics = metrics or ServingMetrics()
+        if ledger is not None and not experiment:
+            raise ValueError("an outcome ledger needs the experiment id its outcomes belong to")
+        self.metrics = metrics or ExecutorMetrics(SeldonLabels.from_env(
+            deployment=graph.name, predictor=graph.predictor, predictor_version=experiment or ""))
+        self.experiment = experiment
+        self.ledger = ledger
+        self._puids = PuidMemory()
+        self._nodes = nodes
+        self._arm_labels: list[tuple[ArmInfo | None, SeldonLabels] | None] = [None] * len(nodes)
         self.limits = limits or EndpointLimits.from_env()
         self.max_body_bytes = max_body_bytes
         node = graph.router
@@ -100,6 +131,8 @@ class Executor:
         salt = (experiment or graph.name) if self._unit is not None else None
         self.router = router if router is not None or node is None else make_router(node, salt=salt)
         self._arm_names = tuple(n.name for n in nodes)
+        if router is None and self.router is not None and ledger is not None and experiment:
+            self.router.restore(stats_from_outcomes(read_outcomes(ledger.path, experiment), self._arm_names))
         self._route_headers = tuple(((ROUTE_HEADER, f":{n.name}:"),) if node is not None else () for n in nodes)
         self._request_paths = tuple({n.name: n.image or model_uris[n.name]} for n in nodes)
         self._routings = tuple({self._router_name: i} if self._router_name else {} for i in range(len(nodes)))
@@ -141,7 +174,9 @@ class Executor:
                 routed = self._route(call, request)
                 index, probabilities = await self._serve(request.features, routed)
                 arm_name = self.arms[index].name
-                body = await self._off_loop(large, self._encode, request, probabilities, index)
+                puid = request.puid or new_puid()
+                body = await self._off_loop(large, self._encode, request, probabilities, index, puid)
+                self._puids.remember(puid, index)
                 reply = Reply(200, body, headers=self._route_headers[index])
             except SeldonError as exc:
                 reply = Reply(exc.code, exc.body())
@@ -152,20 +187,53 @@ class Executor:
             return reply
         finally:
             metrics.inflight -= 1
-            metrics.observe(arm_name, status, time.perf_counter() - started, None if status == 200 else str(status))
+            seconds = time.perf_counter() - started
+            metrics.observe(arm_name, status, seconds, None if status == 200 else str(status))
+            metrics.server_request(PREDICTION_PATHS[0], status, seconds)
+            if self.ledger is not None and arm_name != NO_ARM:
+                assert self.experiment is not None
+                self.ledger.record_request(self.experiment, arm_name, status, seconds)
 
     async def feedback(self, call: Call) -> Reply:
-        """Count a reward for the arm named in ``response.meta.routing`` (a reward of 0 counts too)."""
+        """Count a reward (a missing one is 0, and counts) for the arm that served; see the module
+        docstring for how the arm is found and repeats are told apart."""
+        started = time.perf_counter()
+        reply = self._count_feedback(call)
+        self.metrics.server_request(FEEDBACK_PATHS[0], reply.status, time.perf_counter() - started)
+        return reply
+
+    def _count_feedback(self, call: Call) -> Reply:
         try:
             feedback = decode_feedback(call.body, call.content_type, max_abs_reward=self.limits.max_abs_reward)
-            index = self._feedback_arm(feedback.routing)
+            index = self._feedback_arm(feedback)
         except SeldonError as exc:
             return Reply(exc.code, exc.body())
         if self.router is not None:
+            try:
+                self.router.check_feedback(index, feedback.reward)
+            except ValueError as exc:
+                return status_reply(400, f"{exc} (router {self._router_name!r}); nothing was counted")
+        arm = self.arms[index]
+        meta = {"puid": new_puid(), "tags": {}, "routing": self._routings[index],
+                "requestPath": self._request_paths[index]}
+        if feedback.puid is not None:
+            if self._puids.counted(feedback.puid):
+                self.metrics.feedback_repeat(arm.name)
+                info = f"feedback for puid {feedback.puid!r} was already counted; this repeat was not"
+                return Reply(200, orjson.dumps({"status": {"code": 200, "info": info, "reason": ALREADY_COUNTED,
+                                                           "status": "SUCCESS"}, "meta": meta}))
+            self._puids.mark_counted(feedback.puid, index)
+        if self.router is not None:
             self.router.feedback(index, feedback.reward)
-        self.metrics.feedback(self.arms[index].name, feedback.reward)
-        return Reply(200, orjson.dumps({"meta": {"puid": new_puid(), "tags": {}, "routing": self._routings[index],
-                                                 "requestPath": self._request_paths[index]}}))
+        self.metrics.feedback(arm.name, feedback.reward)
+        if self.ledger is not None:
+            assert self.experiment is not None
+            self.ledger.record_feedback(self.experiment, arm.name, feedback.reward)
+        sent = time.perf_counter()
+        told = arm.send_feedback(feedback.reward)
+        self.metrics.client_request(self._model_labels(index), "/send-feedback", 200 if told else 503,
+                                    time.perf_counter() - sent)
+        return Reply(200, orjson.dumps({"meta": meta}))
 
     async def token(self, call: Call) -> Reply:
         assert self._oauth is not None
@@ -200,7 +268,32 @@ class Executor:
         return Reply(200 if up else 503, orjson.dumps(body))
 
     async def prometheus(self, call: Call) -> Reply:
-        return Reply(200, self.metrics.exposition(), self.metrics.content_type)
+        """This process's series followed by every arm's own (fetched over its socket), so one scrape
+        target has them all; an arm that is down is missing from this scrape."""
+        arms = await asyncio.gather(*(self._arm_exposition(arm) for arm in self.arms))
+        return Reply(200, merge_expositions(self.metrics.exposition(), arms), self.metrics.content_type)
+
+    async def _arm_exposition(self, arm: Arm) -> bytes:
+        if not arm.up:
+            return b""
+        try:
+            return await arm.exposition()
+        except (ArmUnavailable, ArmFailed):
+            return b""
+
+    def _model_labels(self, index: int) -> SeldonLabels:
+        """The Seldon labels of arm ``index``, its image and version as its hello said (worked out again
+        only when a new hello came, since this runs on every request)."""
+        info = self.arms[index].info
+        cached = self._arm_labels[index]
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        labels = self.metrics.labels
+        image = info.image if info is not None and info.image else self._nodes[index].image or ""
+        arm_labels = SeldonLabels(labels.deployment_name, labels.predictor_name, labels.predictor_version,
+                                  self.arms[index].name, image, info.version if info is not None else "")
+        self._arm_labels[index] = (info, arm_labels)
+        return arm_labels
 
     def _route(self, call: Call, request: PredictionRequest) -> int:
         """The arm a request goes to: the one its route header pins, else the router's choice, by the
@@ -237,29 +330,36 @@ class Executor:
             arm = self.arms[index]
             last = attempt == len(order) - 1
             share = deadline - loop.time() if last else (deadline - loop.time()) / 2
+            code = 200
+            sent = time.perf_counter()
             try:
                 async with asyncio.timeout(share):
                     return index, await arm.predict(rows)
             except TimeoutError:
+                code = 504
                 failure = failure or SeldonError(
                     504, f"model arm {arm.name!r} gave no answer within {share:.3g}s (the request deadline is "
                          f"{self.limits.request_deadline:g}s)", TIMEOUT)
             except ArmUnavailable as exc:
+                code = 503
                 failure = failure or SeldonError(503, f"{_public(str(exc))}; retry shortly, the supervisor "
                                                       "restarts it", UNAVAILABLE)
             except ArmFailed as exc:
+                code = 500
                 raise _ArmError(arm.name, SeldonError(500, f"model arm {arm.name!r} failed: {exc}",
                                                       INTERNAL_ERROR)) from None
+            finally:
+                self.metrics.client_request(self._model_labels(index), "/predict", code, time.perf_counter() - sent)
             if not last:
                 self.metrics.failover(arm.name, self.arms[order[attempt + 1]].name)
         assert failure is not None
         raise _ArmError(self.arms[routed].name, failure)
 
-    def _encode(self, request: PredictionRequest, probabilities: Rows, index: int) -> bytes:
+    def _encode(self, request: PredictionRequest, probabilities: Rows, index: int, puid: str) -> bytes:
         info = self.arms[index].info
         assert info is not None
         return encode_prediction_response(request, probabilities, info.class_names,
-                                          puid=request.puid or new_puid(), routing=self._routings[index],
+                                          puid=puid, routing=self._routings[index],
                                           request_path=self._request_paths[index])
 
     async def _off_loop(self, large: bool, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -291,13 +391,29 @@ class Executor:
         self._features_known = True
         return self._features
 
-    def _feedback_arm(self, routing: dict[str, int]) -> int:
+    def _feedback_arm(self, feedback: Feedback) -> int:
+        """The arm ``feedback`` credits: a single model's, the one its routing names, or the one
+        remembered for its puid; 400 when none can be told, 409 when routing and memory disagree."""
+        remembered = self._puids.arm(feedback.puid) if feedback.puid is not None else None
         if self._router_name is None:
             return 0
-        index = routing.get(self._router_name)
-        if index is None or index >= len(self.arms):
-            raise SeldonError(400, f"response.meta.routing must name router {self._router_name!r} with "
-                                   f"child 0 or 1 (send back the prediction response), got {routing!r}")
+        routed = (feedback.routing or {}).get(self._router_name)
+        if routed is not None and routed >= len(self.arms):
+            raise SeldonError(400, f"response.meta.routing must name router {self._router_name!r} with a child "
+                                   f"between 0 and {len(self.arms) - 1}, got {feedback.routing!r}")
+        if routed is not None and remembered is not None and routed != remembered:
+            raise SeldonError(409, f"response.meta.routing says child {routed} of {self._router_name!r} served "
+                                   f"puid {feedback.puid!r}, but {self.arms[remembered].name!r} (child "
+                                   f"{remembered}) did: send back the prediction response as it was returned",
+                              CONFLICT)
+        index = routed if routed is not None else remembered
+        if index is None:
+            known = f"puid {feedback.puid!r} is not among the recent predictions remembered" if feedback.puid \
+                else "it carries no meta.puid"
+            raise SeldonError(400, f"feedback must name the arm that served: response.meta.routing names no "
+                                   f"child of router {self._router_name!r} and {known}; send back the prediction "
+                                   "response as it was returned (or its meta.puid, within the window stated in "
+                                   "the docs)", BAD_DATA)
         return index
 
     def _check_bearer(self, call: Call) -> Reply | None:

@@ -43,6 +43,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+LEDGER_FILE = "outcomes.sqlite"
+"""The ledger's file name in a serving state directory (``abflow serve --experiment`` writes it there,
+and an experiment record's ``ledger:<serving state dir>/outcomes.sqlite`` source names it)."""
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 """How long a flush waits for another writer's transaction: far above any flush's duration."""

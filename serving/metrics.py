@@ -8,12 +8,37 @@ the same reason the in-flight gauge is a plain int, read only when /metrics is s
 ``abflow_requests`` counts predictions by the arm that answered; ``abflow_http_responses`` counts every
 response the process sent, whatever its path and code, including the refusals the HTTP adapter sends
 before a body is read (401, 404, 405, 408, 413, 503) and the 500 of its catch-all.
+
+Beside abflow's own series, Seldon's names and labels, so a Seldon Grafana dashboard and the same
+PromQL work on a laptop and on a cluster (``SeldonLabels`` says where each label comes from):
+
+* the executor (``ExecutorMetrics``): ``seldon_api_executor_server_requests_seconds`` (labels
+  ``deployment_name, predictor_name, predictor_version, service, method, code``; ``service`` is the
+  route path, ``method`` ``post``) and ``seldon_api_executor_client_requests_seconds`` (those labels
+  plus ``model_name, model_image, model_version``; ``service`` is ``/predict`` or ``/send-feedback``),
+  both histograms;
+* a model server (``ModelMetrics``): ``seldon_api_model_feedback_total`` and
+  ``seldon_api_model_feedback_reward_total`` (labels ``deployment_name, predictor_name,
+  predictor_version, model_name, model_image, model_version``), abflow's
+  ``abflow_feedback_reward_squares_total`` (same labels), and its own traffic as
+  ``abflow_model_requests_total`` (those labels plus ``code``) and
+  ``abflow_model_request_duration_seconds``.
+
+Under ``abflow serve`` the arms have no HTTP port; the executor appends their expositions to its own
+(``merge_expositions``), so one scrape of the executor reads every process.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import astuple, dataclass, fields
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 NO_ARM = "none"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -83,3 +108,174 @@ class ServingMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class SeldonLabels:
+    """The labels Seldon puts on its metrics, taken from what its operator injects into every container
+    (``SELDON_DEPLOYMENT_ID``, ``PREDICTOR_ID``, ``PREDICTOR_LABELS``'s ``version``,
+    ``PREDICTIVE_UNIT_ID``, ``PREDICTIVE_UNIT_IMAGE`` split at its tag, as Seldon's Python wrapper
+    does), else from the local graph: its name, its predictor's name (and, as predictor version, the
+    experiment it serves: every experiment is a new version of its predictor, so its series are never
+    mixed with another experiment's), the MODEL node's name and image, and the model version from the
+    model's ``metadata.json``."""
+
+    deployment_name: str
+    predictor_name: str
+    predictor_version: str = ""
+    model_name: str = ""
+    model_image: str = ""
+    model_version: str = ""
+
+    @classmethod
+    def from_env(cls, *, deployment: str = "", predictor: str = "", predictor_version: str = "", model: str = "",
+                 image: str = "", version: str = "", environ: Mapping[str, str] | None = None) -> SeldonLabels:
+        environ = os.environ if environ is None else environ
+        try:
+            predictor_labels = json.loads(environ.get("PREDICTOR_LABELS") or "{}")
+        except ValueError:
+            predictor_labels = {}
+        if isinstance(predictor_labels, dict) and "version" in predictor_labels:
+            predictor_version = str(predictor_labels["version"])
+        unit_image = environ.get("PREDICTIVE_UNIT_IMAGE")
+        if unit_image:
+            name, _, tag = unit_image.rpartition(":") if ":" in unit_image.rsplit("/", 1)[-1] else (unit_image, "", "")
+            image, version = name, tag
+        return cls(deployment_name=environ.get("SELDON_DEPLOYMENT_ID") or deployment,
+                   predictor_name=environ.get("PREDICTOR_ID") or predictor, predictor_version=predictor_version,
+                   model_name=environ.get("PREDICTIVE_UNIT_ID") or model, model_image=image, model_version=version)
+
+    def values(self) -> tuple[str, ...]:
+        return astuple(self)
+
+
+MODEL_LABELS = tuple(f.name for f in fields(SeldonLabels))
+PREDICTOR_LABELS = MODEL_LABELS[:3]
+SERVER_SERVICE_LABELS = ("service", "method", "code")
+
+
+class ExecutorMetrics(ServingMetrics):
+    """The executor's series: abflow's, plus Seldon's orchestrator histograms."""
+
+    def __init__(self, labels: SeldonLabels) -> None:
+        super().__init__()
+        self.labels = labels
+        self._server = Histogram("seldon_api_executor_server_requests_seconds",
+                                 "Requests to the orchestrator (Seldon's name), by route path and status",
+                                 [*PREDICTOR_LABELS, *SERVER_SERVICE_LABELS], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self._client = Histogram("seldon_api_executor_client_requests_seconds",
+                                 "Requests from the orchestrator to a model (Seldon's name), by model and status",
+                                 [*MODEL_LABELS, *SERVER_SERVICE_LABELS], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self._server_children: dict[tuple[str, int], Histogram] = {}
+        self._client_children: dict[tuple[SeldonLabels, str, int], Histogram] = {}
+        self._repeats = Counter("abflow_feedback_repeats", "Feedback for a prediction whose feedback was already "
+                                "counted (answered 200, not counted again), by arm", ["arm"], registry=self.registry)
+
+    def server_request(self, service: str, code: int, seconds: float) -> None:
+        child = self._server_children.get((service, code))
+        if child is None:
+            child = self._server_children[(service, code)] = self._server.labels(
+                *self.labels.values()[:3], service, "post", str(code))
+        child.observe(seconds)
+
+    def client_request(self, model: SeldonLabels, service: str, code: int, seconds: float) -> None:
+        key = (model, service, code)
+        child = self._client_children.get(key)
+        if child is None:
+            child = self._client_children[key] = self._client.labels(*model.values(), service, "post", str(code))
+        child.observe(seconds)
+
+    def feedback_repeat(self, arm: str) -> None:
+        self._repeats.labels(arm).inc()
+
+
+class ModelMetrics(ServingMetrics):
+    """A model server's series: abflow's, plus its own traffic and Seldon's feedback counters, labelled
+    as Seldon labels them (one model per process, so one label set)."""
+
+    def __init__(self, labels: SeldonLabels) -> None:
+        super().__init__()
+        self.labels = labels
+        values = labels.values()
+        self._model_requests = Counter("abflow_model_requests", "Predictions this model server answered, by status",
+                                       [*MODEL_LABELS, "code"], registry=self.registry)
+        self._model_latency = Histogram("abflow_model_request_duration_seconds",
+                                        "Prediction latency inside this model server", MODEL_LABELS,
+                                        buckets=LATENCY_BUCKETS, registry=self.registry).labels(*values)
+        self._model_children: dict[int, Counter] = {}
+        self.feedback_count = 0
+        self.reward_sum = 0.0
+        self.reward_squares = 0.0
+        self.registry.register(_FeedbackCollector(self))
+
+    def observe_model(self, code: int, seconds: float) -> None:
+        child = self._model_children.get(code)
+        if child is None:
+            child = self._model_children[code] = self._model_requests.labels(*self.labels.values(), str(code))
+        child.inc()
+        self._model_latency.observe(seconds)
+
+    def model_feedback(self, reward: float) -> None:
+        self.feedback_count += 1
+        self.reward_sum += reward
+        self.reward_squares += reward * reward
+
+
+class _FeedbackCollector(Collector):
+    """Seldon's feedback counters. A custom collector because a reward may be negative, which
+    ``Counter.inc`` refuses: the reward total then goes down, and Prometheus's ``increase()`` reads a
+    decrease as a counter reset, so over Prometheus, sums of negative rewards are not exact (Seldon's
+    own wrapper has the same counter); the endpoint's ledger is."""
+
+    def __init__(self, metrics: ModelMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        values = list(self._metrics.labels.values())
+        count = CounterMetricFamily("seldon_api_model_feedback", "Feedback received (Seldon's name)",
+                                    labels=MODEL_LABELS)
+        count.add_metric(values, self._metrics.feedback_count)
+        reward = CounterMetricFamily("seldon_api_model_feedback_reward", "Sum of feedback rewards (Seldon's name)",
+                                     labels=MODEL_LABELS)
+        reward.add_metric(values, self._metrics.reward_sum)
+        squares = CounterMetricFamily("abflow_feedback_reward_squares", "Sum of squared feedback rewards (for the "
+                                      "variance, which Seldon's series cannot give)", labels=MODEL_LABELS)
+        squares.add_metric(values, self._metrics.reward_squares)
+        yield count
+        yield reward
+        yield squares
+
+
+def merge_expositions(own: bytes, others: Iterable[bytes]) -> bytes:
+    """``own`` (Prometheus text format) followed by the families of ``others`` that ``own`` lacks, each
+    family once, its samples from every exposition that has it (two arms' ``seldon_api_model_*``
+    series, told apart by ``model_name``). Families ``own`` has too (the arms' idle HTTP counters) are
+    the caller's, and dropped from ``others``: the text format allows a family only once."""
+    mine = set(_family_names(own))
+    families: dict[bytes, list[bytes]] = {}
+    for text in others:
+        lines: list[bytes] | None = None
+        for line in text.splitlines():
+            if line.startswith((b"# HELP ", b"# TYPE ")):
+                name = line.split(b" ", 3)[2]
+                if name in mine:
+                    lines = None
+                elif name in families:
+                    lines = families[name]
+                    if line in lines:
+                        continue
+                else:
+                    lines = families[name] = []
+                if lines is not None:
+                    lines.append(line)
+            elif lines is not None and line and not line.startswith(b"#"):
+                lines.append(line)
+    return own + b"".join(line + b"\n" for lines in families.values() for line in lines)
+
+
+def _family_names(text: bytes) -> Iterator[bytes]:
+    for line in text.splitlines():
+        if line.startswith(b"# TYPE "):
+            yield line.split(b" ", 3)[2]

@@ -21,17 +21,21 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import orjson
 
 from abflow.serving.armlink import ArmInfo, Rows, serve_frames
 from abflow.serving.artifact import ALLOW_UNVERIFIED_ENV, ALLOW_UNVERIFIED_FLAG, allow_unverified_from_env
-from abflow.serving.metrics import ServingMetrics
+from abflow.serving.limits import EndpointLimits
+from abflow.serving.metrics import ModelMetrics, SeldonLabels
 from abflow.serving.model import LoadedModel, ModelLoadError, load_model, trust_decoded_input
 from abflow.serving.protocol import (
     INTERNAL_ERROR,
     MAX_BODY_BYTES,
     SeldonError,
+    check_reward,
+    decode_feedback,
     decode_prediction_request,
     encode_prediction_response,
     new_puid,
@@ -43,13 +47,25 @@ PR_SET_PDEATHSIG = 1
 
 
 class ModelServer:
-    """The Seldon microservice protocol for one loaded model, without HTTP."""
+    """The Seldon microservice protocol for one loaded model, without HTTP.
+
+    Its metrics count its own traffic, whether it came over HTTP or the executor's frames, and the
+    feedback it is sent (Seldon's orchestrator posts each feedback to the model that served, on
+    ``/send-feedback``; abflow's executor sends it over the frames), under Seldon's names and labels
+    (``abflow.serving.metrics.SeldonLabels``: ``deployment``/``predictor`` are the local defaults the
+    supervisor passes, Seldon's environment variables win on a cluster)."""
 
     def __init__(self, model: LoadedModel, name: str, *, image: str | None = None,
-                 metrics: ServingMetrics | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 metrics: ModelMetrics | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 deployment: str = "", predictor: str = "", predictor_version: str = "",
+                 max_abs_reward: float | None = None) -> None:
         self.model = model
         self.name = name
-        self.metrics = metrics or ServingMetrics()
+        version = model.metadata.version if model.metadata is not None else ""
+        self.metrics = metrics or ModelMetrics(SeldonLabels.from_env(
+            deployment=deployment, predictor=predictor, predictor_version=predictor_version, model=name,
+            image=image or "", version=version))
+        self.max_abs_reward = max_abs_reward if max_abs_reward is not None else EndpointLimits.from_env().max_abs_reward
         self.max_body_bytes = max_body_bytes
         self._request_path = {name: image or model.uri}
         self.routes = Routes()
@@ -81,14 +97,32 @@ class ModelServer:
             reply = Reply(exc.code, exc.body())
         except Exception as exc:  # noqa: BLE001 - a model bug answers 500 and the server keeps serving
             reply = status_reply(500, f"model {self.name!r} failed: {type(exc).__name__}: {exc}", INTERNAL_ERROR)
-        self.metrics.observe(self.name, reply.status, time.perf_counter() - started,
-                             None if reply.status == 200 else str(reply.status))
+        seconds = time.perf_counter() - started
+        self.metrics.observe(self.name, reply.status, seconds, None if reply.status == 200 else str(reply.status))
+        self.metrics.observe_model(reply.status, seconds)
         return reply
 
     async def feedback(self, call: Call) -> Reply:
-        """Seldon sends feedback to models too; an sklearn classifier learns nothing from it."""
+        """Seldon sends feedback to models too: counted (a reward of 0, or none, counts), though an
+        sklearn classifier learns nothing from it."""
+        try:
+            feedback = decode_feedback(call.body, call.content_type, max_abs_reward=self.max_abs_reward)
+        except SeldonError as exc:
+            return Reply(exc.code, exc.body())
+        self.metrics.model_feedback(feedback.reward)
         return Reply(200, orjson.dumps({"meta": {"puid": new_puid(), "tags": {}, "routing": {},
                                                  "requestPath": self._request_path}}))
+
+    def control(self, message: dict[str, Any]) -> bytes | None:
+        """The executor's control frames (``abflow.serving.armlink``): this server's exposition, or a
+        feedback reward to count."""
+        op = message.get("op")
+        if op == "metrics":
+            return self.metrics.exposition()
+        if op == "feedback":
+            self.metrics.model_feedback(check_reward(message.get("reward", 0.0), self.max_abs_reward))
+            return None
+        raise ValueError(f"unknown control op {op!r}: expected 'metrics' or 'feedback'")
 
     async def ping(self, call: Call) -> Reply:
         return Reply(200, b"pong", "text/plain")
@@ -127,15 +161,19 @@ async def watch_parent(stop: asyncio.Event) -> None:
 
 
 async def run(args: argparse.Namespace, model: LoadedModel) -> None:
-    server = ModelServer(model, args.name, image=args.image)
+    server = ModelServer(model, args.name, image=args.image, deployment=args.deployment_name,
+                         predictor=args.predictor_name, predictor_version=args.predictor_version)
     endpoint = None
     if args.port is not None:
         from abflow.serving.http import start_http
 
         endpoint = await start_http(server, args.host, args.port)
+    labels = server.metrics.labels
     info = ArmInfo(name=args.name, uri=model.uri, class_names=model.class_names, n_features=model.n_features,
-                   pid=os.getpid(), port=endpoint.port if endpoint else None)
-    frames = await serve_frames(args.socket, server.predict_rows, info) if args.socket else None
+                   pid=os.getpid(), port=endpoint.port if endpoint else None, version=labels.model_version,
+                   image=labels.model_image)
+    frames = await serve_frames(args.socket, server.predict_rows, info, control=server.control,
+                                observe=server.metrics.observe_model) if args.socket else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -163,6 +201,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="model version folder with model.joblib + metadata.json, file://… or gs://…")
     parser.add_argument("--name", default="classifier", help="graph node name reported in meta.requestPath")
     parser.add_argument("--image", default=None, help="image reported in meta.requestPath instead of the URI")
+    parser.add_argument("--deployment-name", default="", metavar="NAME",
+                        help="the deployment_name label of this server's metrics when $SELDON_DEPLOYMENT_ID is "
+                             "not set (abflow serve passes the graph's name)")
+    parser.add_argument("--predictor-name", default="", metavar="NAME",
+                        help="the predictor_name label of this server's metrics when $PREDICTOR_ID is not set "
+                             "(abflow serve passes the graph's predictor)")
+    parser.add_argument("--predictor-version", default="", metavar="VERSION",
+                        help="the predictor_version label when $PREDICTOR_LABELS names no version (abflow serve "
+                             "passes the experiment id)")
     parser.add_argument("--host", default=os.environ.get("ABFLOW_HOST", "127.0.0.1"),
                         help="address to bind (default 127.0.0.1; 0.0.0.0 inside a container)")
     parser.add_argument("--port", type=int, default=None,

@@ -66,9 +66,17 @@ class PredictionRequest:
 
 @dataclass(frozen=True)
 class Feedback:
+    """One feedback message as Seldon clients send it.
+
+    ``routing`` is ``response.meta.routing`` (``None`` when the message carries no response, or a
+    response without routing); ``puid`` is the prediction's id, from ``response.meta.puid`` or else
+    ``request.meta.puid``, by which the executor finds the arm when there is no routing and counts
+    each prediction's feedback once."""
+
     reward: float
-    routing: dict[str, int]
+    routing: dict[str, int] | None
     truth: Any | None = None
+    puid: str | None = None
 
 
 def new_puid() -> str:
@@ -199,26 +207,38 @@ def check_reward(value: object, bound: float = MAX_ABS_REWARD) -> float:
 
 
 def decode_feedback(body: bytes, content_type: str | None, *, max_abs_reward: float = MAX_ABS_REWARD) -> Feedback:
+    """A feedback message; which arm it credits is the executor's business (``Feedback``).
+
+    A missing ``reward`` is 0: Seldon's Python client serialises with protobuf JSON, which omits zero
+    values, so a reward of 0 (a real observation) arrives with no ``reward`` key. ``response`` may
+    be missing too (Seldon's ``feedback()`` allows it); ``truth`` is kept as sent."""
     message = _decode_json_object(body, content_type)
-    reward = message.get("reward")
-    if isinstance(reward, bool) or not isinstance(reward, int | float):
-        raise _bad(f'feedback needs a numeric "reward" (0 counts as a real observation), got {reward!r}')
-    reward = check_reward(reward, max_abs_reward)
+    reward = check_reward(message.get("reward", 0.0), max_abs_reward)
     response = message.get("response")
-    meta = response.get("meta") if isinstance(response, dict) else None
-    routing = meta.get("routing") if isinstance(meta, dict) else None
-    if routing is None:
-        raise _bad(
-            "feedback needs response.meta.routing to find the arm that served: "
-            "send back the prediction response as it was returned"
-        )
-    if not isinstance(routing, dict) or not all(
+    if response is not None and not isinstance(response, dict):
+        raise _bad(f'"response" must be the prediction response object, got {_json_type(response)}')
+    meta = _feedback_meta(response, "response")
+    routing = meta.get("routing")
+    if routing is not None and (not isinstance(routing, dict) or not all(
         isinstance(arm, int) and not isinstance(arm, bool) and arm >= 0 for arm in routing.values()
-    ):
+    )):
         raise _bad(f"response.meta.routing must map router names to child indexes, got {routing!r}")
+    request = message.get("request")
+    if request is not None and not isinstance(request, dict):
+        raise _bad(f'"request" must be the prediction request object, got {_json_type(request)}')
+    puid = _puid(meta.get("puid")) or _puid(_feedback_meta(request, "request").get("puid"))
     truth = message.get("truth")
     _check_nesting(truth, "truth", "send the true label the way data is sent")
-    return Feedback(reward=reward, routing=routing, truth=truth)
+    return Feedback(reward=reward, routing=routing, truth=truth, puid=puid)
+
+
+def _feedback_meta(message: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    meta = message.get("meta") if message is not None else None
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise _bad(f"{where}.meta must be an object, got {_json_type(meta)}")
+    return meta
 
 
 def _decode_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:

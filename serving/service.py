@@ -65,7 +65,9 @@ class Service(Protocol):
 
     max_body_bytes: int
     routes: Routes
-    metrics: ServingMetrics
+
+    @property
+    def metrics(self) -> ServingMetrics: ...  # read-only here, so a service may hold a subclass
 
 
 def status_reply(code: int, info: str, reason: str = BAD_DATA,

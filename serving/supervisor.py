@@ -40,7 +40,9 @@ from typing import Any
 
 from abflow.serving.armlink import PROBE_TIMEOUT, ArmInfo
 from abflow.serving.artifact import ALLOW_UNVERIFIED_FLAG
+from abflow.serving.cli import EXPERIMENT_ENV
 from abflow.serving.graph import UNIT_ENV, Graph, ModelNode, load_graph, resolve_model_uris, with_unit
+from abflow.serving.ledger import LEDGER_FILE, OutcomeLedger
 from abflow.serving.local_files import write_atomically
 from abflow.serving.zygote import ForkedArm, Zygote, ZygoteGone
 
@@ -84,9 +86,13 @@ class ArmProcess:
     """One MODEL node's server process, restarted with exponential backoff when it dies."""
 
     def __init__(self, index: int, node: ModelNode, uri: str, socket_path: str, zygote: Zygote, *,
-                 allow_unverified: bool = False) -> None:
+                 allow_unverified: bool = False, graph: Graph | None = None, experiment: str | None = None) -> None:
         self.index = index
         self.node = node
+        # The local defaults of the arm's Seldon metric labels (deployment_name, predictor_name/version).
+        self.labels = ["--deployment-name", graph.name, "--predictor-name", graph.predictor] if graph else []
+        if experiment:
+            self.labels += ["--predictor-version", experiment]
         self.uri = uri
         self.socket_path = socket_path
         self.zygote = zygote
@@ -101,7 +107,8 @@ class ArmProcess:
         try:
             # No --port: the arm answers only the executor's frames on its unix socket.
             self.proc = proc = await self.zygote.spawn([
-                "--model", self.uri, "--name", self.node.name, "--socket", self.socket_path, *image, *unverified])
+                "--model", self.uri, "--name", self.node.name, "--socket", self.socket_path, *image, *unverified,
+                *self.labels])
         except ZygoteGone as exc:
             raise ArmStartError(f"cannot start the model server for node {self.node.name!r}: {exc}") from None
         try:
@@ -165,12 +172,16 @@ class ArmProcess:
 
 def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1",
                      port: int = 8000, ready_file: Path | None = None, reuse_port: bool | None = None,
-                     allow_unverified: bool = False) -> int:
+                     allow_unverified: bool = False, experiment: str | None = None,
+                     state_dir: Path | None = None) -> int:
     """``abflow serve`` in the foreground: returns the exit code once stopped by SIGTERM/SIGINT.
 
     ``reuse_port`` (default: the ``ABFLOW_REUSE_PORT`` environment variable is ``1``) is for a release
     replacing another on the same port; see ``take_over``. ``allow_unverified`` lets the arms unpickle
     models that no metadata.json vouches for (``abflow.serving.model``), with a warning on every start.
+    With ``experiment``, every outcome is recorded in the ledger ``<state_dir>/outcomes.sqlite``
+    (``abflow.serving.ledger``); a restart, or a successor serving the same experiment from the same
+    state dir, adds to it.
     """
     if reuse_port is None:
         reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
@@ -186,20 +197,37 @@ def serve_foreground(graph_path: Path, models: Mapping[str, str], *, host: str =
             "for, and a pickle runs code: serve only files you trust")
     zygote = Zygote.start()  # before the event loop, so its imports overlap the executor's
     try:
-        return asyncio.run(_run(graph, graph_path, uris, sock, host, port, ready_file, zygote, allow_unverified))
+        ledger = _open_ledger(experiment, state_dir)
+        try:
+            return asyncio.run(_run(graph, graph_path, uris, sock, host, port, ready_file, zygote, allow_unverified,
+                                    experiment, ledger))
+        finally:
+            if ledger is not None:
+                ledger.close()
     finally:
         zygote.close()
 
 
+def _open_ledger(experiment: str | None, state_dir: Path | None) -> OutcomeLedger | None:
+    if not experiment:
+        return None
+    if state_dir is None:
+        raise ValueError("serving an experiment needs a state dir for its outcome ledger")
+    ledger = OutcomeLedger(_private_dir(Path(state_dir)) / LEDGER_FILE)
+    log(f"experiment {experiment!r}: recording outcomes in {ledger.path}")
+    return ledger
+
+
 async def _run(graph: Graph, graph_path: Path, uris: dict[str, str], sock: socket.socket | None, host: str,
-               port: int, ready_file: Path | None, zygote: Zygote, allow_unverified: bool) -> int:
+               port: int, ready_file: Path | None, zygote: Zygote, allow_unverified: bool,
+               experiment: str | None = None, ledger: OutcomeLedger | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runtime = runtime_dir()
     arms = [ArmProcess(i, node, uris[node.name], str(runtime / f"arm{i}.sock"), zygote,
-                       allow_unverified=allow_unverified)
+                       allow_unverified=allow_unverified, graph=graph, experiment=experiment)
             for i, node in enumerate(graph.model_nodes())]
     try:
         log(f"starting graph {graph.name!r}: {len(arms)} model server(s) in parallel")
@@ -215,7 +243,8 @@ async def _run(graph: Graph, graph_path: Path, uris: dict[str, str], sock: socke
             link.start_probing(arm.replace_hung)
         if sock is None:
             sock = take_over(host, port)
-        endpoint = await start_http(Executor(graph, uris, links), host, 0, sock=sock)
+        endpoint = await start_http(Executor(graph, uris, links, experiment=experiment, ledger=ledger), host, 0,
+                                    sock=sock)
         supervisors = [asyncio.ensure_future(arm.supervise()) for arm in arms]
         url = _url(host, endpoint.port)
         _announce(graph, graph_path, url)
@@ -347,13 +376,15 @@ def _private_dir(folder: Path) -> Path:
 
 def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "127.0.0.1", port: int = 8000,
                    state_dir: Path, ready_timeout: float = 30.0, reuse_port: bool = False,
-                   allow_unverified: bool = False) -> EndpointInfo:
+                   allow_unverified: bool = False, experiment: str | None = None) -> EndpointInfo:
     """Start ``abflow serve`` in the background, wait until it is ready, record it in ``state_dir``.
 
     Ready means the process itself wrote its ready file (arms up, listening): with ``reuse_port`` the
     port is shared with the release being replaced, so an answer on it proves nothing about this one.
     Graph problems raise ``GraphError`` here, before anything starts; a server that dies while
     starting (a port in use, a model refused) raises ``DetachError`` with the tail of its log.
+    ``experiment`` (and only it: an inherited ``$ABFLOW_EXPERIMENT`` is not passed on) names the
+    experiment whose outcomes the endpoint records in ``state_dir``'s ledger.
     """
     graph_path = Path(graph_path).resolve()
     graph = load_graph(graph_path)
@@ -368,12 +399,15 @@ def start_detached(graph_path: Path, models: Mapping[str, str], *, host: str = "
     log_path, ready_path = state_dir / LOG_FILE, state_dir / READY_FILE
     ready_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "abflow.serving", "serve", str(graph_path), "--host", host, "--port", str(port),
-               "--ready-file", str(ready_path)]
+               "--ready-file", str(ready_path), "--state-dir", str(state_dir)]
+    if experiment:
+        command += ["--experiment", experiment]
     for node, uri in models.items():
         command += ["--model", f"{node}={uri}"]
     if allow_unverified:
         command.append(ALLOW_UNVERIFIED_FLAG)
     env = {**os.environ, REUSE_PORT_ENV: "1" if reuse_port else "0"}
+    env.pop(EXPERIMENT_ENV, None)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(log_fd, 0o600)  # a log from before logs were private
     with os.fdopen(log_fd, "ab") as log_file:

@@ -385,6 +385,25 @@ def test_feedback_names_the_arm_and_reward() -> None:
     )
 
 
+def test_a_missing_reward_is_zero_as_seldons_protobuf_json_client_sends_it() -> None:
+    raw = body({"request": TUTORIAL_PAYLOAD, "response": {"meta": {"routing": {"random-ab-test": 0}}}})
+    feedback = decode_feedback(raw, JSON)
+    assert feedback.reward == 0.0 and isinstance(feedback.reward, float) and feedback.routing == {"random-ab-test": 0}
+
+
+@pytest.mark.parametrize(("message", "puid", "routing"), [
+    ({"reward": 1}, None, None),
+    ({"request": {"meta": {"puid": "req"}}}, "req", None),
+    ({"response": {"meta": {"puid": "resp", "routing": {"r": 1}}}}, "resp", {"r": 1}),
+    ({"request": {"meta": {"puid": "req"}}, "response": {"meta": {"puid": "resp"}}}, "resp", None),
+    ({"response": {"data": {}}, "truth": {"ndarray": [[1]]}}, None, None),
+])
+def test_feedback_may_lack_the_response_and_names_its_prediction_by_puid(
+        message: dict[str, Any], puid: str | None, routing: dict[str, int] | None) -> None:
+    feedback = decode_feedback(body(message), JSON)
+    assert (feedback.puid, feedback.routing) == (puid, routing)
+
+
 def test_a_zero_reward_is_a_real_observation() -> None:
     feedback = decode_feedback(feedback_body(0), None)
     assert feedback.reward == 0.0 and isinstance(feedback.reward, float)
@@ -397,12 +416,13 @@ def test_single_model_feedback_has_empty_routing() -> None:
 @pytest.mark.parametrize(
     ("raw", "info"),
     [
-        (feedback_body(None), 'feedback needs a numeric "reward"'),
-        (feedback_body("1"), 'feedback needs a numeric "reward"'),
-        (feedback_body(True), 'feedback needs a numeric "reward"'),
-        (body({"request": {}, "reward": 1}), "feedback needs response.meta.routing to find the arm"),
-        (body({"response": {"data": {}}, "reward": 1}), "response.meta.routing"),
-        (body({"response": [], "reward": 1}), "response.meta.routing"),
+        (feedback_body(None), "reward must be a number, got null"),
+        (feedback_body("1"), "reward must be a number, got a string"),
+        (feedback_body(True), "reward must be a number, got a boolean"),
+        (body({"request": [], "reward": 1}), '"request" must be the prediction request object'),
+        (body({"request": {"meta": {"puid": 7}}}), "meta.puid must be a string"),
+        (body({"response": {"meta": []}, "reward": 1}), "response.meta must be an object"),
+        (body({"response": [], "reward": 1}), '"response" must be the prediction response object'),
         (feedback_body(1, routing={"random-ab-test": -1}), "must map router names to child indexes"),
         (feedback_body(1, routing={"random-ab-test": True}), "must map router names to child indexes"),
         (feedback_body(1, routing={"random-ab-test": "0"}), "must map router names to child indexes"),

@@ -29,6 +29,7 @@ class FakeArm:
         self.info: ArmInfo | None = ArmInfo(name, f"file:///{name}", ("x", "y", "z"), 4, 1, None)
         self.last_error: str | None = None
         self.calls = 0
+        self.rewards: list[float] = []
 
     @property
     def up(self) -> bool:
@@ -49,6 +50,14 @@ class FakeArm:
         if self.fails:
             raise ArmFailed("ValueError: the model refuses")
         return np.full((rows.shape[0], 3), 1 / 3)
+
+    async def exposition(self) -> bytes:
+        await self.connect()
+        return b""
+
+    def send_feedback(self, reward: float) -> bool:
+        self.rewards.append(reward)
+        return self.up
 
 
 def executor(graph: Graph, *arms: FakeArm, **limits: Any) -> Executor:
