@@ -122,7 +122,9 @@ def add_commands(subparsers: Any) -> None:
         epilog="examples:\n  abflow predict\n  abflow predict --values 6.7 3.0 5.2 2.3 --url http://127.0.0.1:8100",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict.add_argument("--url", default=DEFAULT_ENDPOINT, help="endpoint base URL (default: %(default)s)")
+    predict.add_argument("--url", default=DEFAULT_ENDPOINT,
+                         help="the endpoint: its base URL or the predictions URL `abflow run` prints "
+                              "(default: %(default)s)")
     predict.add_argument("--values", type=float, nargs=4, metavar="X", help="the four iris features")
     predict.add_argument("--token", help="OAuth bearer token, when the graph requires one")
     predict.set_defaults(handler=predict_command)
@@ -202,14 +204,15 @@ def compile_command(args: argparse.Namespace) -> int:
 def predict_command(args: argparse.Namespace) -> int:
     import requests
 
+    from abflow.components.smoke import OAUTH_TOKEN_PATH, predictions_url
+
     payload = json.loads(json.dumps(TUTORIAL_PAYLOAD))
     if args.values:
         payload["data"]["tensor"]["values"] = args.values
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    url = predictions_url(args.url)
     try:
-        response = requests.post(
-            f"{args.url.rstrip('/')}/api/v1.0/predictions", json=payload, headers=headers, timeout=10
-        )
+        response = requests.post(url, json=payload, headers=headers, timeout=10)
     except requests.RequestException as error:
         print(
             f"abflow predict: cannot reach {args.url} ({error}); is the endpoint up? "
@@ -219,6 +222,12 @@ def predict_command(args: argparse.Namespace) -> int:
         return 1
     if response.status_code != 200:
         print(response.text, file=sys.stderr)
+        if response.status_code == 401:
+            base = url[: url.index("/api/")] if "/api/" in url else url
+            fix = "that token was refused: get a new one" if args.token else "pass a bearer token with --token TOKEN"
+            print(f"abflow predict: {url} requires OAuth: {fix}; the graph's spec.oauth_key/oauth_secret get one "
+                  f"from the endpoint:\n  curl -s -u KEY:SECRET -d grant_type=client_credentials {base}"
+                  f"{OAUTH_TOKEN_PATH}", file=sys.stderr)
         return 1
     print(json.dumps(response.json(), indent=2))
     return 0
