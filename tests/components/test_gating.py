@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from abflow.components.gating import GateFailed, check_gate
+from abflow.components.gating import GateDecision, GateFailed, check_gate
 
 
 def test_first_model_above_the_floor_passes() -> None:
@@ -68,3 +70,32 @@ def test_bad_inputs_are_named(kwargs: dict[str, object], message: str) -> None:
 def test_metrics_without_accuracy_are_named() -> None:
     with pytest.raises(ValueError, match=r"new model's metrics have no 'accuracy' \(found \['f1_macro'\]\)"):
         check_gate({"f1_macro": 0.9}, min_accuracy=0.8, champion_metrics=None, max_regression=0.02)
+
+
+def test_the_metrics_and_the_log_line_say_what_was_compared() -> None:
+    decision = check_gate({"accuracy": 0.92}, min_accuracy=0.8, champion_metrics={"accuracy": 0.95},
+                          max_regression=0.05)
+    assert decision.as_metrics() == pytest.approx({
+        "accuracy": 0.92, "min_accuracy": 0.8, "max_regression": 0.05, "new_model": 1.0,
+        "champion_accuracy": 0.95, "accuracy_change_vs_champion": -0.03})
+    assert decision.describe() == ("accuracy 0.92 >= min_accuracy 0.8; champion accuracy 0.95 on the same "
+                                   "held-out rows, allowed regression 0.05")
+    first = check_gate({"accuracy": 0.95}, min_accuracy=0.9, champion_metrics=None, max_regression=0.02)
+    assert first.describe() == "accuracy 0.95 >= min_accuracy 0.9; no champion yet"
+    assert first.champion_version is None
+
+
+def test_nothing_new_names_the_champion_and_the_flags_that_make_a_challenger() -> None:
+    same = GateDecision(accuracy=0.9, min_accuracy=0.8, max_regression=0.02, champion_accuracy=None,
+                        new_model=False, champion_version="v7")
+    assert same.describe() == (
+        "nothing new to test: the new model is byte for byte the champion (version v7); nothing is stored "
+        "or deployed. Change the data (--data-uri) or the training parameters (--seed, --c, --test-size) "
+        "to train a challenger")
+    assert same.as_metrics()["new_model"] == 0.0
+
+
+def test_a_decision_cannot_be_changed_after_the_gate() -> None:
+    decision = check_gate({"accuracy": 0.95}, min_accuracy=0.9, champion_metrics=None, max_regression=0.02)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.accuracy = 1.0  # type: ignore[misc]
