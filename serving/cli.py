@@ -106,10 +106,13 @@ def add_commands(subparsers: Any) -> None:
 
     status = subparsers.add_parser(
         "status", help="show the detached endpoint recorded in the state dir",
-        description="Print the detached endpoint's pid, URL, models and per-arm health as JSON. "
-                    "Exit 0 when it is running, 1 otherwise. Example: abflow status",
+        description="Show the detached endpoint: its URL, release, since when it runs, and each arm's model "
+                    "version, role (A gets ratioA of the traffic), state and traffic. Exit 0 when it is running, "
+                    "1 otherwise. Example: abflow status; abflow status --json for scripts",
     )
     _add_state_dir(status)
+    status.add_argument("--json", action="store_true",
+                        help="print the raw record as JSON: pid, URL, models, per-arm health")
     status.set_defaults(handler=_status)
 
     down = subparsers.add_parser(
@@ -176,7 +179,12 @@ def _status(args: argparse.Namespace) -> int:
     if status is None:
         print(f"abflow status: no endpoint recorded in {state_dir}", file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=2, sort_keys=True))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        from abflow.serving.status import render_status
+
+        print(render_status(status))
     return 0 if status.get("running") else 1
 
 

@@ -162,8 +162,8 @@ def test_detach_status_down(tmp_path: Path, iris_model_dir: Path, iris_model_dir
         assert status is not None and status["running"] and status["pid"] == info.pid
         assert status["health"]["status"] == "ok" and status["models"] == models
         arm_pids = graph_arms(info.pid, 2)
-        cli = subprocess.run([sys.executable, "-m", "abflow.serving", "status", "--state-dir", str(state_dir)],
-                             capture_output=True, text=True, timeout=60)
+        cli = subprocess.run([sys.executable, "-m", "abflow.serving", "status", "--json", "--state-dir",
+                              str(state_dir)], capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0 and f'"url": "{info.url}"' in cli.stdout
         with pytest.raises(DetachError, match="already running"):
             start_detached(TUTORIAL_DIR / "ab_test.json", models, port=free_port(), state_dir=state_dir)
