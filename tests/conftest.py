@@ -6,5 +6,6 @@ pytest_plugins = [
     "tests.fixtures.gcs",
     "tests.fixtures.serving",
     "tests.fixtures.images",
+    "tests.fixtures.control_plane",
     "tests.fixtures.prometheus",
 ]

@@ -1,69 +1,56 @@
 """deploy-ab and smoke-test's rollback for target ``seldon``, through the same calls the pipeline
-steps make (``abflow.components.deploy_targets``), with the client configured from a kubeconfig file as on
-a workstation.
-
-Stand-ins (no Kubernetes API server or Seldon operator can run here): kmock's KubernetesEmulator on
-127.0.0.1 replaces the API server, ``SeldonOperatorStandIn`` replaces Seldon Core's operator.
+steps make (``abflow.components.deploy_targets``), with the client configured from a kubeconfig file
+as on a workstation: the pipeline's ServiceAccount token, against the real kube-apiserver, with the
+checked-in ``manifests/rbac/`` applied as they are (namespace ``seldon``, runner in ``kubeflow``).
+Seldon's operator is played by ``tests.cluster.seldon_operator_standin``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import kmock
 import pytest
-import pytest_asyncio
 import yaml
 
 from abflow.components.deploy_targets import deploy, rollback
-from tests.cluster.kube_standin import SELDON_RESOURCE, Cluster, SeldonOperatorStandIn, seldon_cluster
+from tests.cluster.namespaces import Namespace, Runner, new_namespace
+from tests.cluster.seldon_operator_standin import SeldonOperatorStandIn
+from tests.fixtures.control_plane import ControlPlane
 
-NAMESPACE = "models"
-
-
-@pytest_asyncio.fixture
-async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
-    async with seldon_cluster() as running:
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "standin", "cluster": {"server": running.url}}],
-            "users": [{"name": "pipeline", "user": {"token": "not-checked"}}],
-            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "pipeline"}}],
-            "current-context": "standin",
-        }
-        path = tmp_path / "kubeconfig"
-        path.write_text(yaml.safe_dump(kubeconfig))
-        monkeypatch.setenv("KUBECONFIG", str(path))
-        async with SeldonOperatorStandIn(running.url, NAMESPACE, healthy=lambda _: True).running():
-            yield running
+RBAC = Path(__file__).resolve().parents[2] / "manifests" / "rbac"
 
 
-@pytest.mark.asyncio
-async def test_step_deploys_with_routing_injection_and_rolls_back_a_first_deploy(cluster: Cluster) -> None:
-    record = await asyncio.to_thread(
-        deploy,
+@pytest.fixture
+def seldon(control_plane: ControlPlane, runner: Runner, operator: SeldonOperatorStandIn,
+           monkeypatch: pytest.MonkeyPatch) -> Namespace:  # fmt: skip
+    namespace = new_namespace(control_plane, runner, operator, "seldon")
+    namespace.grant([yaml.safe_load(path.read_text()) for path in sorted(RBAC.glob("*.yaml"))])
+    monkeypatch.setenv("KUBECONFIG", str(runner.kubeconfig))
+    return namespace
+
+
+def test_step_deploys_with_routing_injection_and_rolls_back_a_first_deploy(seldon: Namespace) -> None:
+    record = deploy(
         "seldon",
         model_a_uri="gs://bucket/abflow/models/iris/v1",
         model_b_uri="gs://bucket/abflow/models/iris/v2",
         ratio_a=0.3,
         image="",
-        namespace=NAMESPACE,
+        namespace=seldon.name,
         name="iris-ab",
         local_state_dir="unused",
         local_port=0,
     )
-    assert record.endpoint.endswith("/api/v1.0/predictions") or "iris-ab" in record.endpoint
+    assert record.endpoint == "http://iris-ab-default.seldon:8000/api/v1.0/predictions"
     assert json.loads(record.to_json())["target"] == "seldon"
-    key = (kmock.resource(SELDON_RESOURCE), NAMESPACE, "iris-ab")
-    predictor = cluster.api.objects[key].raw["spec"]["predictors"][0]
+    stored = seldon.stored()
+    assert stored is not None
+    predictor = stored["spec"]["predictors"][0]
     assert {"name": "SELDON_ENABLE_ROUTING_INJECTION", "value": "true"} in predictor["svcOrchSpec"]["env"]
     assert predictor["graph"]["parameters"][0]["value"] == "0.3"
     assert [c["implementation"] for c in predictor["graph"]["children"]] == ["SKLEARN_SERVER"] * 2
 
-    said = await asyncio.to_thread(rollback, record.to_json())
-    assert said == f"nothing (SeldonDeployment {NAMESPACE}/iris-ab deleted)"
-    assert cluster.api.objects[key].deleted
+    said = rollback(record.to_json())
+    assert said == f"nothing (SeldonDeployment {seldon.name}/iris-ab deleted)"
+    assert seldon.stored() is None
