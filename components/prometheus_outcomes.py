@@ -85,6 +85,10 @@ def read_prometheus_outcomes(url: str, experiment_id: str, arms: Sequence[str], 
     times), by arm name, from the Prometheus at ``url``. Arms without any series are left out, as
     the ledger leaves out arms that recorded nothing. Prometheus keeps counters, not events, so each
     arm's ``first_at``/``last_at`` are the window's bounds."""
+    if not url.startswith(("http://", "https://")):
+        raise PrometheusError(f"the experiment's outcomes are in Prometheus, but its URL is {url!r}: deploy with the "
+                              "pipeline parameter prometheus_url set to the Prometheus server's base URL (e.g. "
+                              "http://prometheus.monitoring:9090), or fix the record's 'outcomes' list")
     if not arms:
         raise ValueError("name at least one arm (a graph node name) to read outcomes for")
     if not (math.isfinite(start) and math.isfinite(end) and end > start):

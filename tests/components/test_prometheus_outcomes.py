@@ -250,6 +250,12 @@ def test_an_unreachable_prometheus_names_the_url() -> None:
         read_prometheus_outcomes(url, "x-1", ARMS, 0.0, 60.0)
 
 
+@pytest.mark.parametrize("url", ["", "prometheus.monitoring:9090"])
+def test_a_missing_url_asks_for_prometheus_url(url: str) -> None:
+    with pytest.raises(PrometheusError, match="prometheus_url"):
+        read_prometheus_outcomes(url, "x-1", ARMS, 0.0, 60.0)
+
+
 def test_a_server_that_is_not_prometheus_is_named(exposition: Exposition) -> None:
     with pytest.raises(PrometheusError, match="base URL"):
         read_prometheus_outcomes(f"http://{exposition.target}/metrics", "x-1", ARMS, 0.0, 60.0)
