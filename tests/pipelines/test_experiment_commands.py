@@ -22,7 +22,9 @@ from abflow.components.experiment import (
     update_experiment,
 )
 from abflow.pipelines.cli import main
-from abflow.serving.ledger import OutcomeLedger
+from abflow.serving.ledger import OutcomeLedger, read_outcomes
+from tests.fixtures.processes import wait_until
+from tests.fixtures.serving import ab_graph_file, start_served_graph
 
 MODEL = "iris"
 ARMS = (Arm("classifier-1", "v20260101-aaaa", "file:///store/models/iris/v20260101-aaaa", CHAMPION),
@@ -166,3 +168,30 @@ def test_an_unreadable_outcome_source_is_an_error_naming_it(tmp_path: Path,
     code, out, err = run(capsys, "experiment", "status", "--data-dir", str(tmp_path))
     assert code == 1 and not out
     assert "'carrier-pigeon:loft-3', which abflow cannot read" in err
+
+
+def test_traffic_with_feedback_to_a_real_endpoint_is_what_status_reads_once_it_is_down(
+        tmp_path: Path, iris_model_dir: Path, iris_model_dir_b: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The loop on real processes: ``abflow traffic --feedback`` (rewards of 0 sent with no ``reward``
+    key) into ``abflow serve --experiment``, the endpoint stopped, then ``abflow experiment status``."""
+    experiment = start(tmp_path, ratio_a=0.5)
+    state = tmp_path / "serving"
+    served = start_served_graph(ab_graph_file(tmp_path, "0.5"),
+                                {"classifier-1": iris_model_dir, "classifier-2": iris_model_dir_b}, tmp_path,
+                                "--experiment", experiment.id, "--state-dir", str(state))
+    try:
+        code, out, err = run(capsys, "traffic", "--url", served.url, "--requests", "300", "--feedback")
+        assert code == 0, out + err
+        wait_until(lambda: sum(arm.feedback for arm in read_outcomes(state / "outcomes.sqlite",
+                                                                     experiment.id).values()) == 300,
+                   timeout=30, what="300 feedbacks in the ledger")
+    finally:
+        served.stop()
+    sent = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    body = as_json(capsys, "experiment", "status", "--data-dir", str(tmp_path))
+    for arm in body["arms"]:
+        requests, feedback, accuracy = int(sent[arm["name"]][2]), int(sent[arm["name"]][3]), float(sent[arm["name"]][5])
+        assert (arm["requests"], arm["feedback"]) == (requests, feedback), arm
+        assert arm["mean_reward"] == pytest.approx(accuracy, abs=5e-4), "every wrong answer counted as a 0"
+    assert sum(arm["feedback"] for arm in body["arms"]) == 300
+    assert any(arm["mean_reward"] < 1 for arm in body["arms"]), "some rewards were 0, sent without a reward key"
