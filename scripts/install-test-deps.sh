@@ -18,3 +18,4 @@ fi
 echo "== pip install -e .[test]"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 bash scripts/build-kube.sh  # etcd and kube-apiserver for tests/cluster, built once per version
+bash scripts/build-kfp-compiler.sh  # the KFP backend's Argo compiler, built once per KFP release
