@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,12 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"abflow run: {failure}", file=sys.stderr)
         return 1
     print(f"abflow run: done in {result.seconds:.1f}s (log: {result.log_path})", file=sys.stderr)
+    report = result.output("conclude", "report")
+    if report is not None and result.run_dir is not None:
+        readable = args.data_dir.resolve() / "reports" / f"{result.run_dir.name}.html"
+        readable.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report, readable)
+        print(f"\nexperiment report (conclude): {readable}")
     if arguments["target"] == "local":
         endpoint = f"http://127.0.0.1:{arguments['local_port']}"
         serving_state = Path(arguments["local_state_dir"]) / "serving"

@@ -99,6 +99,13 @@ class LocalRunResult:
     log_path: Path
     pipeline_root: Path
     seconds: float
+    run_dir: Path | None = None
+    """This run's folder under ``pipeline_root`` (``<pipeline>-<time>/<task>/<output>``)."""
+
+    def output(self, task: str, name: str) -> Path | None:
+        """A step's output artifact file, if the step ran and wrote it."""
+        path = self.run_dir / task / name if self.run_dir else None
+        return path if path is not None and path.is_file() else None
 
 
 def run_locally(
@@ -117,6 +124,7 @@ def run_locally(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.log"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    earlier = set(pipeline_root.iterdir()) if pipeline_root.is_dir() else set()
     began = time.monotonic()
     with log_path.open("w", encoding="utf-8") as log:
         progress = ProgressLog(log=log, terminal=terminal)
@@ -131,4 +139,6 @@ def run_locally(
                 raise PipelineRunFailed(f"the pipeline failed: {exc}\nfull log: {log_path}") from exc
             reason = progress.last_error.get(failed.name, "see the log for the traceback")
             raise PipelineRunFailed(f"step '{failed.name}' failed: {reason}\nfull log: {log_path}") from exc
-    return LocalRunResult(progress.steps, log_path, pipeline_root, time.monotonic() - began)
+    ours = sorted(set(pipeline_root.iterdir()) - earlier) if pipeline_root.is_dir() else []
+    return LocalRunResult(progress.steps, log_path, pipeline_root, time.monotonic() - began,
+                          run_dir=ours[-1] if ours else None)
