@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,35 @@ def test_a_real_ab_graph_is_summarised_per_arm(tutorial_ab: ServedGraph, capsys:
     assert set(rows) == {"classifier-1", "classifier-2"}, out
     assert sum(int(row[2]) for row in rows.values()) == 80, "every answer is counted under the arm that gave it"
     assert all(0.5 < float(row[-1]) <= 1.0 for row in rows.values()), "both iris models are mostly right"
+
+
+def test_a_csv_of_the_users_own_rows_is_replayed_with_its_labels(recorder: Recorder, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "flowers.csv"
+    data.write_text("Kind,SL,SW,PL,PW\nIris-setosa,5.1,3.5,1.4,0.2\nvirginica,6.7,3.0,5.2,2.3\n")
+    code = main(["traffic", "--url", recorder.url, "--data", str(data), "--feature-columns", "sl,sw,pl,pw",
+                 "--label-column", "kind", "--requests", "4", "--feedback"])
+    assert code == 0, capsys.readouterr().err
+    sent = [(tuple(body["request"]["data"]["tensor"]["values"]), "reward" in body) for body in recorder.feedback()]
+    assert sorted(sent) == [((5.1, 3.5, 1.4, 0.2), True)] * 2 + [((6.7, 3.0, 5.2, 2.3), False)] * 2, \
+        "the stand-in always answers setosa: right for the setosa row only"
+
+
+def test_a_missing_column_or_a_bad_rate_is_refused_before_any_request(recorder: Recorder, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "flowers.csv"
+    data.write_text("sepallengthcm,sepalwidthcm,petallengthcm,petalwidthcm\n5.1,3.5,1.4,0.2\n")
+    assert main(["traffic", "--url", recorder.url, "--data", str(data), "--requests", "4"]) == 2
+    assert "has no column 'species'" in capsys.readouterr().err
+    assert main(["traffic", "--url", recorder.url, "--requests", "4", "--rate", "0"]) == 2
+    assert "--rate must be a positive number" in capsys.readouterr().err
+    assert recorder.bodies == []
+
+
+def test_rate_paces_the_requests(recorder: Recorder) -> None:
+    summary = replay(recorder.url, load_labelled_rows(), requests=10, feedback=True, rate=20.0, progress=io.StringIO())
+    assert summary.seconds >= 9 / 20, "the tenth request waits for its slot, 0.45 s after the first"
+    assert len(recorder.bodies) == 20
 
 
 def test_unreachable_endpoint_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
