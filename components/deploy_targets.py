@@ -73,6 +73,7 @@ def deploy(
             ratio_a=ratio_a,
             image=image,
             namespace=namespace,
+            experiment_id=experiment_id,
         )
     raise ValueError(f"unknown deploy target {target!r}: use one of {', '.join(TARGETS)}")
 

@@ -206,14 +206,17 @@ def deploy_ab_seldon(
     ingress_url: str | None = None,
     timeout: float = 600,
     api_client: Any = None,
+    experiment_id: str = "",
 ) -> DeploymentRecord:
     """What the pipeline's deploy-ab step does for target ``seldon``: render the A/B graph (arm A =
     champion) and deploy it. An empty ``image`` serves the arms with Seldon's SKLEARN_SERVER.
     ``service_account`` is the model pods' identity (e.g. bound to a Google service account by
-    Workload Identity, to read ``gs://`` models); empty keeps the namespace's default account."""
+    Workload Identity, to read ``gs://`` models); empty keeps the namespace's default account.
+    ``experiment_id`` labels the predictor's metrics with the experiment it serves."""
     graph = ab_graph(name, model_a_uri, model_b_uri, ratio_a)
     manifest = render_seldon_deployment(
-        graph, image=image or None, namespace=namespace, service_account=service_account or None
+        graph, image=image or None, namespace=namespace, service_account=service_account or None,
+        experiment_id=experiment_id,
     )
     return deploy_seldon(manifest, namespace=namespace, timeout=timeout, ingress_url=ingress_url, api_client=api_client)
 

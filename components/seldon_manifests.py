@@ -92,6 +92,7 @@ def render_seldon_deployment(
     image: str | None,
     namespace: str,
     service_account: str | None = None,
+    experiment_id: str = "",
 ) -> dict[str, Any]:
     """The SeldonDeployment (``machinelearning.seldon.io/v1``) the ``seldon`` target applies.
 
@@ -99,7 +100,10 @@ def render_seldon_deployment(
     one pod per arm (each on port 9000, so arms cannot collide), loading its model URI. Without it,
     the nodes use Seldon's prepackaged ``SKLEARN_SERVER`` with ``modelUri`` (the artifact layout
     keeps its ``model.joblib`` convention). ``service_account`` is the pods' identity for reading
-    ``gs://`` models.
+    ``gs://`` models. ``experiment_id`` (the experiment the deployment serves) becomes each predictor's
+    ``version`` annotation and label, which Seldon's orchestrator and model containers put on their
+    metrics as ``predictor_version``: how ``components/prometheus_outcomes.py`` tells this
+    experiment's series from the previous one's.
     """
     manifest = to_seldon_deployment(graph)
     node_images = {node.name: node.image for node in graph.model_nodes() if node.image}
@@ -109,6 +113,9 @@ def render_seldon_deployment(
     metadata["labels"] = {**metadata.get("labels", {}), **MANAGED_BY}
     for predictor in manifest["spec"]["predictors"]:
         predictor["replicas"] = predictor.get("replicas", 1)
+        if experiment_id:
+            for key in ("annotations", "labels"):
+                predictor[key] = {**predictor.get(key, {}), "version": experiment_id}
         predictor["svcOrchSpec"] = {
             "env": [dict(ROUTING_INJECTION_ENV)],
             "resources": copy.deepcopy(ORCHESTRATOR_RESOURCES),
