@@ -5,6 +5,8 @@ shape the README's tour relies on, the report, and that deciding changes nothing
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,15 @@ def test_the_running_experiment_is_chosen_else_the_latest(tmp_path: Path, capsys
     chosen = as_json(capsys, "experiment", "status", "--data-dir", str(tmp_path), "--experiment", older.id)
     assert chosen["experiment"]["id"] == older.id and chosen["arms"][0]["requests"] == 5
     assert read_experiment(str(tmp_path), MODEL, older.id).status == "concluded"
+
+
+def test_the_commands_load_their_statistics_and_clients_only_when_run() -> None:
+    """`abflow --help` (and every `abflow serve`) builds this parser: numpy, savvi, requests and the
+    ledger's sqlite3 are imported by the handlers, not by the parser."""
+    probe = ("import sys; from abflow.pipelines.cli import build_parser; build_parser(); "
+             "print(sorted(m for m in ('numpy', 'savvi', 'requests', 'sqlite3', 'sklearn') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_without_an_experiment_the_error_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
