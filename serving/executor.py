@@ -269,9 +269,11 @@ class Executor:
 
     async def prometheus(self, call: Call) -> Reply:
         """This process's series followed by every arm's own (fetched over its socket), so one scrape
-        target has them all; an arm that is down is missing from this scrape."""
+        target has them all; an arm that is down is missing from this scrape. This process's own are
+        taken first: an arm busy predicting answers later, and they must say what was true when asked."""
+        own = self.metrics.exposition()
         arms = await asyncio.gather(*(self._arm_exposition(arm) for arm in self.arms))
-        return Reply(200, merge_expositions(self.metrics.exposition(), arms), self.metrics.content_type)
+        return Reply(200, merge_expositions(own, arms), self.metrics.content_type)
 
     async def _arm_exposition(self, arm: Arm) -> bytes:
         if not arm.up:
