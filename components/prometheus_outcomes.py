@@ -59,6 +59,14 @@ EXPERIMENT_LABEL = "predictor_version"
 ARM_LABEL = "model_name"
 NOT_PREDICTIONS = 'service!~"(?i).*feedback.*"'
 TIMEOUT_SECONDS = 30.0
+GRPC_TO_HTTP = {
+    "OK": 200, "Canceled": 499, "Unknown": 500, "InvalidArgument": 400, "DeadlineExceeded": 504, "NotFound": 404,
+    "AlreadyExists": 409, "PermissionDenied": 403, "ResourceExhausted": 429, "FailedPrecondition": 400,
+    "Aborted": 409, "OutOfRange": 400, "Unimplemented": 501, "Internal": 500, "Unavailable": 503, "DataLoss": 500,
+    "Unauthenticated": 401,
+}
+"""Seldon's orchestrator labels a gRPC call's ``code`` with the gRPC code's name; errors are kept by
+HTTP status, so each name maps to the status gRPC's HTTP mapping gives it (``Unavailable`` → 503)."""
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -105,10 +113,9 @@ def read_prometheus_outcomes(url: str, experiment_id: str, arms: Sequence[str], 
 
     predictions = f"{experiment},{NOT_PREDICTIONS}"
     for (arm, labels), value in per_arm(f"{CLIENT_HISTOGRAM}_count", predictions).items():
-        count, code = _whole(value, arm), dict(labels).get("code", "")
+        count, status = _whole(value, arm), _status(dict(labels).get("code", ""), arm, url)
         totals[arm].requests += count
         totals[arm].seen = True
-        status = int(code) if code.isdigit() else 0
         if status >= 400:
             totals[arm].errors[status] = totals[arm].errors.get(status, 0) + count
     for (arm, _), value in per_arm(f"{CLIENT_HISTOGRAM}_sum", predictions).items():
@@ -216,6 +223,15 @@ def _outcomes(experiment: str, arm: str, total: _Arm, start: float, end: float, 
         latency_counts=counts, latency_sum=total.latency_sum, feedback=total.feedback,
         reward_sum=total.reward_sum, reward_sum_squares=squares, first_at=start, last_at=end,
     )
+
+
+def _status(code: str, arm: str, url: str) -> int:
+    if code.isdigit():
+        return int(code)
+    if code in GRPC_TO_HTTP:
+        return GRPC_TO_HTTP[code]
+    raise PrometheusError(f"arm {arm!r}'s {CLIENT_HISTOGRAM}_count at {url} has code={code!r}, neither an HTTP status "
+                          "nor a gRPC code name: its errors cannot be counted; fix the exporter's code label")
 
 
 def _whole(value: float, arm: str) -> int:

@@ -94,7 +94,7 @@ class Endpoint:
             exposition.registries[experiment] = registry
         return endpoint
 
-    def predictions(self, arm: str, count: int, *, code: int = 200, seconds: float = 0.002,
+    def predictions(self, arm: str, count: int, *, code: int | str = 200, seconds: float = 0.002,
                     service: str = "predictions") -> None:
         child = self.client.labels("iris-ab", "default", self.experiment, service, arm, "abflow-serving", "v1",
                                    "POST", str(code))
@@ -161,6 +161,28 @@ def test_counts_each_arm_exactly(server: PrometheusServer, exposition: Expositio
     assert p99 is not None and 0.1 < p99 <= 0.25
     second_p99 = second.latency_quantile(0.99)
     assert second_p99 is not None and second_p99 <= 0.005
+
+
+def test_grpc_codes_are_counted_by_their_http_status(server: PrometheusServer, exposition: Exposition) -> None:
+    start = time.time()
+    endpoint = Endpoint.create(exposition, "grpc-1")
+    endpoint.predictions(ARMS[0], 4, code="OK")
+    endpoint.predictions(ARMS[0], 2, code="Unavailable")
+    endpoint.predictions(ARMS[0], 1, code="InvalidArgument")
+    scraped_after(server, time.time())
+
+    arm = read_prometheus_outcomes(server.url, "grpc-1", ARMS, start, time.time())[ARMS[0]]
+
+    assert (arm.requests, dict(arm.errors), arm.server_errors) == (7, {503: 2, 400: 1}, 2)
+
+
+def test_an_unknown_code_is_refused(server: PrometheusServer, exposition: Exposition) -> None:
+    start = time.time()
+    Endpoint.create(exposition, "weird-1").predictions(ARMS[1], 1, code="meh")
+    scraped_after(server, time.time())
+
+    with pytest.raises(PrometheusError, match="code='meh'"):
+        read_prometheus_outcomes(server.url, "weird-1", ARMS, start, time.time())
 
 
 def test_bernoulli_variance_without_the_squares_series(server: PrometheusServer, exposition: Exposition) -> None:
