@@ -201,8 +201,13 @@ def _conclude(artifact_root: str, experiment: Experiment, decision: Decision, ou
     return Conclusion(proceed, action, summary, recorded, decision, dict(outcomes))
 
 
-def placeholder_report(conclusion: Conclusion) -> str:
-    """A plain page for KFP's HTML output until the experiment report lands."""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>abflow conclude</title></head><body>"
-            f"<h1>abflow conclude: {html.escape(conclusion.action)}</h1><p>{html.escape(conclusion.summary)}</p>"
-            "</body></html>")
+def report_html(conclusion: Conclusion) -> str:
+    """The step's HTML output: the experiment report for a decision, else one line saying why there
+    was nothing to decide (KFP expects the output file either way)."""
+    if conclusion.experiment is not None and conclusion.decision is not None:
+        from abflow.components.experiment_report import render_experiment_report
+
+        return render_experiment_report(conclusion.experiment, conclusion.outcomes or {}, conclusion.decision)
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>abflow conclude</title></head>"
+            f"<body><h1>abflow conclude: {html.escape(conclusion.action)}</h1>"
+            f"<p>{html.escape(conclusion.summary)}</p></body></html>")

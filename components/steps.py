@@ -49,7 +49,7 @@ def conclude(
         runner resolves a condition on a step's ``Output``, not on a named output, outside a branch.)
     """
     from abflow.components import steplog
-    from abflow.components.conclusion import conclude_experiment, placeholder_report, rules_from
+    from abflow.components.conclusion import conclude_experiment, report_html, rules_from
 
     conclusion = conclude_experiment(artifact_root, model_name, on_undecided=on_undecided,
                                      rules=rules_from(alpha, min_feedback, max_duration_hours), run_id=run_id,
@@ -57,7 +57,7 @@ def conclude(
     for name, value in conclusion.as_metrics().items():
         metrics.log_metric(name, value)
     with open(report.path, "w", encoding="utf-8") as handle:
-        handle.write(placeholder_report(conclusion))
+        handle.write(report_html(conclusion))
     steplog.finish(conclusion.summary)
     return conclusion.proceed
 

@@ -22,6 +22,7 @@ from abflow.components.conclusion import (
     WAITING,
     Conclusion,
     conclude_experiment,
+    report_html,
     rules_from,
 )
 from abflow.components.decision import Rules
@@ -112,6 +113,9 @@ def test_a_better_challenger_is_promoted_and_the_decision_recorded(
     metrics = conclusion.as_metrics()
     assert metrics["decision_promote"] == 1.0 and metrics["challenger_mean_reward"] == pytest.approx(0.98)
     assert "promote classifier-2 (v2)" in conclusion.summary and "champion is now v2" in conclusion.summary
+    page = report_html(conclusion)
+    assert "<title>Experiment iris-2: promote</title>" in page
+    assert "v1 (champion) vs v2 (challenger)" in page
 
 
 def test_a_worse_challenger_is_kept_out_and_the_champion_unchanged(
@@ -176,6 +180,7 @@ def test_no_running_experiment_is_nothing_to_decide(store: tuple[str, PublishedM
     assert conclusion.proceed and conclusion.action == NOTHING and conclusion.decision is None
     assert conclusion.as_metrics() == {"proceed": 1.0, "experiment_decided": 0.0}
     assert not (Path(root) / "experiments").exists()
+    assert "<h1>abflow conclude: nothing to decide</h1>" in report_html(conclusion)
 
 
 def test_a_winner_is_not_promoted_over_a_champion_it_never_faced(

@@ -77,7 +77,7 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_kept_out(project: Local
     assert (concluded.status, concluded.conclusion) == (CONCLUDED, "promote")
     [decision] = concluded.decisions
     assert decision["action"] == "promoted" and min(arm["feedback"] for arm in decision["arms"]) >= 100
-    assert "promote" in report_of(promoted)
+    assert f"Experiment {experiment.id}: promote" in report_of(promoted)
 
     run(project, *WEAK, "--seed", "3")
     against_weak = running_experiment(str(project.data), "iris")
@@ -111,7 +111,7 @@ def test_an_undecided_experiment_ends_the_run_early_and_retrains_nothing(project
     still = running_experiment(str(project.data), "iris")
     assert still is not None and still.id == experiment.id and still.status == RUNNING
     assert [d["decision"] for d in still.decisions] == ["continue"]
-    assert "waiting" in report_of(waiting)
+    assert f"Experiment {experiment.id}: continue" in report_of(waiting)
 
     replaced = run(project, "--seed", "9", "--on-undecided", "replace")
     assert "on_undecided=replace ends the undecided experiment" in replaced.stderr
