@@ -12,7 +12,7 @@ from tests.fixtures.control_plane import ControlPlane, pinned_version
 
 
 def test_the_api_server_is_the_pinned_release(control_plane: ControlPlane) -> None:
-    with control_plane.api_client() as admin:
+    with config.new_client_from_config(config_file=str(control_plane.admin_kubeconfig)) as admin:
         version = client.VersionApi(admin).get_code()
     assert version.git_version == pinned_version("k8s.io/kubernetes")
     assert (version.major, version.minor) == ("1", pinned_version("k8s.io/kubernetes").split(".")[1])
