@@ -86,6 +86,14 @@ def test_the_server_stores_every_field_abflow_sends(namespace: Namespace, image:
     assert model_uris(sdep) == record.details["model_uris"] == ["gs://m/iris/v1", "gs://m/iris/v2"]
 
 
+def test_the_comparison_has_teeth(namespace: Namespace) -> None:
+    """This server does prune: a field the CRD does not know is accepted and dropped."""
+    sent = manifest(namespace, 0.3)
+    sent["spec"]["predictors"][0]["graph"]["children"][0]["modelVersion"] = "v1"
+    deploy(namespace, sent)
+    assert "modelVersion" not in stored(namespace)["spec"]["predictors"][0]["graph"]["children"][0]
+
+
 def test_redeploy_keeps_previous_spec_and_rollback_restores_it(namespace: Namespace) -> None:
     first = manifest(namespace, 0.5)
     deploy(namespace, first)
