@@ -70,6 +70,9 @@ PREDICTION_PATHS = ("/api/v1.0/predictions", "/api/v0.1/predictions")
 FEEDBACK_PATHS = ("/api/v1.0/feedback", "/api/v0.1/feedback")
 ALREADY_COUNTED = "FEEDBACK_ALREADY_COUNTED"
 CONFLICT = "FEEDBACK_CONFLICT"
+METADATA_PATH = "/api/v1.0/metadata"
+PUID_HEADER = "Seldon-Puid"
+"""The prediction's ``meta.puid``, as Seldon's orchestrator sets it on every response."""
 ROUTE_HEADER = "x-seldon-route"
 """Names the arm that served (``:classifier-1:``, Seldon v2's form); a client that sends it back is
 pinned to that arm."""
@@ -156,6 +159,10 @@ class Executor:
         self.routes.add("GET", "/ready", self.ready)
         self.routes.add("GET", "/health/status", self.health_status)
         self.routes.add("GET", "/metrics", self.prometheus)
+        self.routes.add("GET", METADATA_PATH, self.metadata, guard=bearer)
+        for n in nodes:
+            self.routes.add("GET", f"{METADATA_PATH}/{n.name}", self.model_metadata, guard=bearer)
+        self.routes.add_gateway(graph.name)
 
     async def handle(self, call: Call) -> Reply:
         return await self.routes.dispatch(call)
@@ -177,7 +184,7 @@ class Executor:
                 puid = request.puid or new_puid()
                 body = await self._off_loop(large, self._encode, request, probabilities, index, puid)
                 self._puids.remember(puid, index)
-                reply = Reply(200, body, headers=self._route_headers[index])
+                reply = Reply(200, body, headers=(*self._route_headers[index], (PUID_HEADER, puid)))
             except SeldonError as exc:
                 reply = Reply(exc.code, exc.body())
             except _ArmError as exc:
@@ -266,6 +273,32 @@ class Executor:
                 "ratioA": self.graph.router.ratio_a if self.graph.router else None,
                 "unit": self.graph.router.unit if self.graph.router else None, "arms": arms}
         return Reply(200 if up else 503, orjson.dumps(body))
+
+    async def metadata(self, call: Call) -> Reply:
+        """The graph's metadata as Seldon's orchestrator serves it: every model's, and the graph's
+        inputs and outputs (the first arm's; the arms of an A/B test serve the same schema)."""
+        models = {arm.name: self._metadata_of(index) for index, arm in enumerate(self.arms)}
+        first = models[self.arms[0].name]
+        return Reply(200, orjson.dumps({"name": self.graph.name, "models": models,
+                                        "graphinputs": first["inputs"], "graphoutputs": first["outputs"]}))
+
+    async def model_metadata(self, call: Call) -> Reply:
+        name = call.path.rstrip("/").rsplit("/", 1)[1]
+        return Reply(200, orjson.dumps(self._metadata_of(self._arm_names.index(name))))
+
+    def _metadata_of(self, index: int) -> dict[str, Any]:
+        """One model's metadata in Seldon's form: tensor inputs of the model's feature count, tensor
+        outputs named by its classes (empty until its arm has said hello)."""
+        info = self.arms[index].info
+        inputs, outputs = [], []
+        if info is not None and info.n_features is not None:
+            inputs.append({"messagetype": "tensor", "schema": {"shape": [info.n_features]}})
+        if info is not None:
+            outputs.append({"messagetype": "tensor", "schema": {"names": list(info.class_names),
+                                                                "shape": [len(info.class_names)]}})
+        versions = [info.version] if info is not None and info.version else []
+        return {"name": self.arms[index].name, "platform": "sklearn", "versions": versions, "inputs": inputs,
+                "outputs": outputs}
 
     async def prometheus(self, call: Call) -> Reply:
         """This process's series followed by every arm's own (fetched over its socket), so one scrape

@@ -82,6 +82,13 @@ class Routes:
     def __init__(self, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self._table: dict[str, dict[str, Route]] = {}
         self._max_body_bytes = max_body_bytes
+        self._gateway: str | None = None
+
+    def add_gateway(self, deployment: str) -> None:
+        """Also answer every route under ``/seldon/[<namespace>/]<deployment>``, the paths Seldon's
+        ingress (Ambassador, Istio) exposes and its Python client calls with ``gateway="ambassador"`` or
+        ``"istio"``; the namespace is whatever the client names, the deployment must be this one."""
+        self._gateway = deployment
 
     def add(self, method: str, path: str, handler: Handler, *, guard: Guard | None = None,
             max_body: int | None = None) -> None:
@@ -114,10 +121,21 @@ class Routes:
         return route if refusal is None else refusal
 
     def _methods(self, path: str) -> dict[str, Route] | None:
+        if self._gateway is not None and path.startswith("/seldon/"):
+            return next(filter(None, map(self._methods_at, self._behind_gateway(path))), None)
+        return self._methods_at(path)
+
+    def _methods_at(self, path: str) -> dict[str, Route] | None:
         methods = self._table.get(path)
         if methods is None and len(path) > 1 and path.endswith("/"):
             methods = self._table.get(path.rstrip("/"))
         return methods
+
+    def _behind_gateway(self, path: str) -> list[str]:
+        """What ``/seldon/<namespace>/<deployment>/api/...`` or ``/seldon/<deployment>/api/...`` may
+        wrap, namespaced reading first (a namespace may share the deployment's name)."""
+        parts = path.split("/")  # "", "seldon", namespace or deployment, deployment or the route...
+        return ["/" + "/".join(parts[at + 1:]) for at in (3, 2) if len(parts) > at + 1 and parts[at] == self._gateway]
 
     async def dispatch(self, call: Call) -> Reply:
         admitted = self.admit(call)
