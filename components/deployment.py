@@ -212,6 +212,12 @@ def current_deployment(state_root: Path) -> DeploymentRecord | None:
     return _read_record(state_root / CURRENT)
 
 
+def deployed_model_uris(state_root: Path) -> list[str]:
+    """The model URIs the current release serves and the previous one (what a rollback restarts) would."""
+    records = [_read_record(state_root / name) for name in (CURRENT, PREVIOUS)]
+    return [uri for record in records if record is not None for uri in (record.model_a_uri, record.model_b_uri)]
+
+
 def port_in_use(state_root: Path, port: int, host: str = "127.0.0.1") -> str | None:
     """Why a new release under ``state_root`` could not listen on ``host:port``, or ``None`` when it
     could: the port is free, or the endpoint serving from ``state_root`` holds it (a deploy replaces

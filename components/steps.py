@@ -276,25 +276,31 @@ def deploy_ab(
     """
     from abflow.components import steplog
     from abflow.components.deploy_targets import deploy_challenger
+    from abflow.components.retention import discard_after_failure
 
-    deployed = deploy_challenger(
-        target,
-        artifact_root=artifact_root,
-        model_name=model_name,
-        champion_version=champion_version,
-        challenger_version=challenger_version,
-        model_a_uri=model_a_uri,
-        model_b_uri=model_b_uri,
-        ratio_a=ratio_a,
-        ratio_schedule=ratio_schedule,
-        image=f"{image_ref}@{image_digest}" if image_ref and image_digest else image_ref,
-        namespace=namespace,
-        name=deployment_name,
-        local_state_dir=local_state_dir,
-        local_port=local_port,
-        prometheus_url=prometheus_url,
-        run_id=run_id,
-    )
+    try:
+        deployed = deploy_challenger(
+            target,
+            artifact_root=artifact_root,
+            model_name=model_name,
+            champion_version=champion_version,
+            challenger_version=challenger_version,
+            model_a_uri=model_a_uri,
+            model_b_uri=model_b_uri,
+            ratio_a=ratio_a,
+            ratio_schedule=ratio_schedule,
+            image=f"{image_ref}@{image_digest}" if image_ref and image_digest else image_ref,
+            namespace=namespace,
+            name=deployment_name,
+            local_state_dir=local_state_dir,
+            local_port=local_port,
+            prometheus_url=prometheus_url,
+            run_id=run_id,
+        )
+    except Exception:
+        steplog.note(discard_after_failure(artifact_root, model_name, challenger_version,
+                                           local_state_dir=local_state_dir if target == "local" else ""))
+        raise
     experiment = deployed.experiment
     started = (f"; experiment {experiment.id}: champion {experiment.champion.version} vs challenger "
                f"{experiment.challenger.version}, champion share {deployed.ratio_a:g}" if experiment
@@ -313,6 +319,7 @@ def smoke_test(
     artifact_root: str,
     model_name: str,
     experiment_id: str,
+    challenger_version: str,
     run_id: str,
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -320,10 +327,12 @@ def smoke_test(
     """Send ``requests`` tutorial-format predictions and check status, schema, class names,
     probabilities, ``meta.routing``, both arms, the arm-A share (binomial test) and p99. On failure
     the endpoint is rolled back to the previous deployment, the experiment it started is marked
-    rolled back, and the run fails with the reasons."""
+    rolled back, ``challenger_version`` (stored by this run, served by nothing now) is deleted, and
+    the run fails with the reasons."""
     from abflow.components import steplog
     from abflow.components.deploy_targets import rollback
     from abflow.components.experiment import mark_rolled_back, update_experiment
+    from abflow.components.retention import discard_after_failure
     from abflow.components.smoke import render_html_report, require_pass, run_smoke
 
     result = run_smoke(endpoint, requests=requests, ratio_a=ratio_a, p99_budget_ms=p99_budget_ms)
@@ -338,21 +347,28 @@ def smoke_test(
                               lambda experiment: mark_rolled_back(experiment, run_id=run_id,
                                                                   reason="its deployment failed the smoke test"))
         steplog.note(f"smoke failed, rolled back to {restored}")
+        steplog.note(discard_after_failure(artifact_root, model_name, challenger_version))
     require_pass(result)
     steplog.finish(f"smoke passed ({result.describe()})")
 
 
-def promote(artifact_root: str, model_name: str, version: str, run_id: str) -> str:
+def promote(artifact_root: str, model_name: str, version: str, run_id: str, keep: int, local_state_dir: str) -> str:
     """Make the first model that passed its smoke test the champion (arm A of the next run). Once
     there is a champion this leaves it: the experiment decides, in the next run's ``conclude``. The
-    champion pointer is swapped atomically, so racing scheduled runs lose no promotion.
+    champion pointer is swapped atomically, so racing scheduled runs lose no promotion. Then
+    retention: the ``keep`` newest versions stay, and every version in use (the champion, a running
+    experiment's arms, ``version``, what the local endpoint and its rollback target serve); older
+    ones are deleted.
 
     Returns:
         The champion's version after this step.
     """
     from abflow.components import steplog
     from abflow.components.registry import promote_version, read_champion
+    from abflow.components.retention import prune_after_deploy
 
+    steplog.note(prune_after_deploy(artifact_root, model_name, keep=keep, deployed=version,
+                                    local_state_dir=local_state_dir))
     champion = read_champion(artifact_root, model_name)
     if champion is not None:
         steplog.finish(f"champion stays {champion.version}: the A/B experiment decides whether {version} replaces "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NewType, Protocol
@@ -59,6 +60,12 @@ class WritableStore(Store, Protocol):
 
         Returns ``False``, writing nothing, when someone else changed the key in between; the caller
         re-reads and retries its read-modify-write."""
+        ...
+
+    def delete_folder(self, folder: str, first: str) -> int:
+        """Delete every key under ``folder/``, ``folder/<first>`` before the others (a model version's
+        ``metadata.json``: without it no server loads what is left, should the deletion stop half-way).
+        Returns how many keys were deleted; a missing folder is 0."""
         ...
 
 
@@ -128,6 +135,17 @@ class LocalWritableStore(LocalStore):
             self._replace(path, data)
         return True
 
+    def delete_folder(self, folder: str, first: str) -> int:
+        path = self.path_for(folder)
+        keys = self.list_keys(f"{folder}/")
+        try:
+            (path / first).unlink(missing_ok=True)
+            if path.exists():
+                shutil.rmtree(path)
+        except OSError as exc:
+            raise StoreError(f"cannot delete {path.as_uri()}: {exc}") from exc
+        return len(keys)
+
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
         """Hold an exclusive lock on ``path``'s sidecar ``.<name>.lock``."""
@@ -164,6 +182,16 @@ class GcsWritableStore(GcsStore):
     def read_versioned(self, key: str) -> tuple[bytes | None, Generation]:
         data, generation = self._download(key)
         return data, Generation(generation)
+
+    def delete_folder(self, folder: str, first: str) -> int:
+        from google.api_core.exceptions import NotFound
+
+        keys = self.list_keys(f"{folder}/")
+        ordered = sorted(keys, key=lambda key: key != f"{folder}/{first}")
+        for key in ordered:
+            with self._translate(key, action="delete"), contextlib.suppress(NotFound):  # already gone: fine
+                self._bucket.blob(self._name(key)).delete(**self._call_options())
+        return len(keys)
 
     def write_if_unchanged(self, key: str, data: bytes, generation: Generation) -> bool:
         from google.api_core.exceptions import PreconditionFailed

@@ -1,4 +1,4 @@
-"""``abflow run``, ``abflow compile`` and ``abflow predict``: the laptop half of the command line.
+"""``abflow run``, ``abflow compile``, ``abflow predict`` and ``abflow gc``: the laptop half of the command line.
 
 ``run`` takes one flag per pipeline parameter, generated from the compiled pipeline's declared
 parameters (``abflow.pipelines.parameters``) so the two can never drift; only the help texts are written here.
@@ -55,6 +55,8 @@ PARAMETER_HELP = {
     "alpha": "level of the experiment's anytime-valid test on the difference of mean rewards",
     "min_feedback": "feedbacks per arm before the experiment's test is asked",
     "max_duration_hours": "keep the champion when the experiment has run this long without evidence (0: no limit)",
+    "keep": "retention: after a successful run, keep this many newest model versions (plus every version the "
+    "champion, a running experiment or the endpoint uses) and delete the older ones; see also `abflow gc`",
 }
 PATH_PARAMETERS = ("artifact_root", "local_state_dir")
 
@@ -129,6 +131,26 @@ def add_commands(subparsers: Any) -> None:
     predict.add_argument("--values", type=float, nargs=4, metavar="X", help="the four iris features")
     predict.add_argument("--token", help="OAuth bearer token, when the graph requires one")
     predict.set_defaults(handler=predict_command)
+
+    defaults = pipeline_parameters()
+    gc = subparsers.add_parser(
+        "gc",
+        help="delete old model versions from the artifact store (retention)",
+        description="Keep the --keep newest versions of the model and every version in use (the champion, the "
+        "arms of a running experiment, what the local endpoint and its rollback target serve); delete the "
+        "others. Every successful run does the same with its keep parameter.",
+        epilog="examples:\n  abflow gc --dry-run\n  abflow gc --keep 10 --artifact-root gs://my-bucket/abflow",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gc.add_argument("--keep", type=int, default=defaults["keep"].default,
+                    help="how many newest versions to keep besides those in use (default: %(default)s)")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    gc.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                    help="the default artifact root and local state dir, as for abflow run (default: %(default)s)")
+    gc.add_argument("--artifact-root", default=None, help="artifact store: a local folder or gs://bucket/prefix")
+    gc.add_argument("--local-state-dir", default=None, help="where the local endpoint keeps its releases")
+    gc.add_argument("--model-name", default=defaults["model_name"].default, help="model name (default: %(default)s)")
+    gc.set_defaults(handler=gc_command)
 
 
 def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,6 +227,32 @@ def compile_command(args: argparse.Namespace) -> int:
         return 0
     output = compile_pipeline(args.output, args.components_image or DEFAULT_COMPONENTS_IMAGE)
     print(f"wrote {output}")
+    return 0
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    from abflow.components.experiment import ExperimentError
+    from abflow.components.retention import prune_versions, served_locally
+    from abflow.serving.store import StoreError
+
+    values = {"keep": args.keep, "model_name": args.model_name}
+    problems = parameter_problems(values)
+    if problems:
+        for problem in problems:
+            print(f"abflow gc: {problem}", file=sys.stderr)
+        return 2
+    data_dir = args.data_dir.resolve()
+    root = args.artifact_root or str(data_dir)
+    root = root if root.startswith("gs://") else str(Path(root).resolve())
+    try:
+        retention = prune_versions(root, args.model_name, keep=args.keep, dry_run=args.dry_run,
+                                   serving_uris=served_locally(str(args.local_state_dir or data_dir)))
+    except (StoreError, ExperimentError, OSError, ValueError) as error:
+        print(f"abflow gc: {error}", file=sys.stderr)
+        return 1
+    for line in retention.lines():
+        print(line)
+    print(f"abflow gc: {retention.describe()} in {root}", file=sys.stderr)
     return 0
 
 

@@ -70,6 +70,7 @@ def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any
         artifact_root=params["artifact_root"],
         model_name=params["model_name"],
         experiment_id=deployed.outputs["experiment_id"],
+        challenger_version=stored.outputs["version"],
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     )
     promoted = steps.promote(
@@ -77,6 +78,8 @@ def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any
         model_name=params["model_name"],
         version=stored.outputs["version"],
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        keep=params["keep"],
+        local_state_dir=params["local_state_dir"],
     ).after(smoked)
     return [stored, image, kaniko, skipped, deployed, smoked, promoted]
 
@@ -145,6 +148,7 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
         alpha: float = 0.05,
         min_feedback: int = 100,
         max_duration_hours: float = 0.0,
+        keep: int = 5,
     ) -> None:
         concluded = steps.conclude(
             artifact_root=artifact_root,
@@ -184,6 +188,7 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
                 p99_budget_ms=p99_budget_ms,
                 ratio_schedule=ratio_schedule,
                 prometheus_url=prometheus_url,
+                keep=keep,
             )
         for task in tasks:
             task.set_caching_options(False)

@@ -1,4 +1,4 @@
-"""The cluster tests' fixtures on the session's real control plane (``tests.fixtures.control_plane``):
+"""The cluster tests' fixtures on the real control plane of the run (``tests.fixtures.control_plane``):
 the pipeline's runner, the Seldon operator stand-in (it watches every namespace but reconciles only
 those a test registered a scenario for) and a fresh namespace per test with abflow's RBAC enforced.
 """

@@ -1,7 +1,7 @@
 """A test's own namespace on the real control plane, with abflow's RBAC, and the pipeline's runner.
 
 The pipeline's ServiceAccount (``kubeflow/abflow-pipeline-runner``, as ``manifests/rbac/`` names it)
-exists once per session; each test gets a namespace of its own holding abflow's Role and RoleBinding,
+exists once per pytest run; each test gets a namespace of its own holding abflow's Role and RoleBinding,
 applied by the admin from ``abflow render --rbac-only``, and a client that acts as that ServiceAccount
 through a token from the TokenRequest API.
 """

@@ -1,7 +1,9 @@
 // What scripts/build-kube.sh builds for the cluster tests: kube-apiserver and etcd (the `tool` lines).
 // k8s.io/kubernetes names its staging modules v0.0.0 in its own go.mod, so each is replaced by its
 // published release matching the kubernetes version (v1.34.4 -> v0.34.4); etcd is the version
-// kubernetes itself requires.
+// kubernetes itself requires. v1.34 is the oldest minor release the module proxy serves, the nearest to
+// the clusters Seldon Core 1.17 was released for; it no longer serves autoscaling/v2beta2 (HPA) or
+// policy/v1beta1 (PDB).
 
 module abflow.test/kube
 
