@@ -9,7 +9,10 @@ subprocess, interpreter start, executor, abflow's imports before the body). A no
 so its wall is KFP's local runner's cost by itself; abflow's overhead ÷ that is the per-step ratio the
 pipeline issue sets a target for. The total is the wall time of the whole command. The first round of
 each is a warm-up (cold page cache, the first run has no champion yet); the rounds after it are the
-"warm" runs the pipeline issue sets targets for.
+"warm" runs the pipeline issue sets targets for. Each round trains with its own seed, so it has a new
+model to deploy, and concludes the previous round's experiment (which got no traffic) with
+``--on-undecided replace``, so every round runs the whole DAG: conclude, then train through smoke
+test, against the first round's champion (the gate is loosened so that no seed's split stops a round).
 
     python bench/pipeline_bench.py               # 1 warm-up + 1 measured round
     python bench/pipeline_bench.py --runs 3
@@ -110,11 +113,13 @@ def abflow_executable() -> str:
     return found
 
 
-def run_abflow(data_dir: Path, port: int, output: Path) -> RunTiming:
-    """``abflow run`` on its defaults, but with its own data folder and port so it touches nothing of
-    the user's. Its per-step progress lines round to 0.1 s, so the steps are read from the KFP log the
-    command names in its last line."""
-    seconds, text = timed([abflow_executable(), "run", "--data-dir", str(data_dir), "--local-port", str(port)], output)
+def run_abflow(data_dir: Path, port: int, output: Path, seed: int) -> RunTiming:
+    """``abflow run`` on its defaults but ``seed`` (see the module docstring), with its own data folder
+    and port so it touches nothing of the user's. Its per-step progress lines round to 0.1 s, so the
+    steps are read from the KFP log the command names in its last line."""
+    round_flags = ["--seed", str(seed), "--on-undecided", "replace", "--min-accuracy", "0.8", "--max-regression", "1"]
+    seconds, text = timed([abflow_executable(), "run", "--data-dir", str(data_dir), "--local-port", str(port),
+                           *round_flags], output)
     log = ABFLOW_LOG.search(text)
     if log is None:
         raise RuntimeError(f"abflow run printed no '(log: …)' line; see {output}")
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for round_number in range(args.warmup_runs + args.runs):
             kind = "warm-up" if round_number < args.warmup_runs else "measured"
-            abflow = run_abflow(data_dir, port, work / f"abflow-{round_number}.out")
+            abflow = run_abflow(data_dir, port, work / f"abflow-{round_number}.out", seed=42 + round_number)
             noop = run_noop(len(STEP_NAMES), work / "noop-root", work / f"noop-{round_number}.out")
             print(
                 f"round {round_number + 1} ({kind}): abflow run {abflow.total_s:.1f}s, no-op {noop.total_s:.1f}s",
