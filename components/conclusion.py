@@ -29,6 +29,7 @@ from typing import Any
 
 from abflow.components.decision import CONTINUE, KEEP, PROMOTE, Decision, Rules, decide
 from abflow.components.experiment import (
+    RUNNING,
     Experiment,
     ledger_source,
     move_traffic,
@@ -159,6 +160,8 @@ def conclude_experiment(artifact_root: str, model_name: str, *, on_undecided: st
 
 def _promote(artifact_root: str, model_name: str, experiment: Experiment, run_id: str) -> tuple[str, str]:
     current = read_champion(artifact_root, model_name)
+    if current is not None and current.version == experiment.challenger.version:
+        return PROMOTED, f"champion is already {current.version} (promoted by {current.run_id or 'an earlier run'})"
     if current is not None and current.version != experiment.champion.version:
         return NOT_PROMOTED, (f"not promoted: the champion is {current.version} now, not {experiment.champion.version} "
                               f"whom {experiment.challenger.version} faced; the experiment ends without a promotion")
@@ -194,7 +197,8 @@ def _conclude(artifact_root: str, experiment: Experiment, decision: Decision, ou
     def change(stored: Experiment) -> Experiment:
         if moved_to is not None:
             stored = move_traffic(stored, ratio_a=moved_to[0], outcomes=moved_to[1], run_id=run_id)
-        return record_decision(stored, entry, run_id=run_id, ends_it=ends_it)
+        # A run that concluded it meanwhile keeps its conclusion; this decision is still on record.
+        return record_decision(stored, entry, run_id=run_id, ends_it=ends_it and stored.status == RUNNING)
 
     recorded = update_experiment(artifact_root, experiment.model_name, experiment.id, change)
     summary = f"experiment {experiment.id}: {decision.reason}; {note}"

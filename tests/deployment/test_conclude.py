@@ -183,6 +183,22 @@ def test_no_running_experiment_is_nothing_to_decide(store: tuple[str, PublishedM
     assert "<h1>abflow conclude: nothing to decide</h1>" in report_html(conclusion)
 
 
+def test_a_promotion_retried_after_the_pointer_swapped_finds_the_challenger_already_champion(
+        store: tuple[str, PublishedModel, PublishedModel], tmp_path: Path) -> None:
+    root, champion, challenger = store
+    ledger = tmp_path / "serving" / "outcomes.sqlite"
+    start(root, ledger, champion, challenger)
+    serve(ledger, "iris-2", "classifier-1", requests=1500, feedback=1500, ones=1350)
+    serve(ledger, "iris-2", "classifier-2", requests=1500, feedback=1500, ones=1470)
+    promote_version(root, "iris", "v2", run_id="run-3")  # a conclude that died before recording its decision
+
+    conclusion = conclude(root)
+
+    assert conclusion.action == PROMOTED and "champion is already v2 (promoted by run-3)" in conclusion.summary
+    record = read_experiment(root, "iris", "iris-2")
+    assert (record.status, record.conclusion) == (CONCLUDED, "promote")
+
+
 def test_a_winner_is_not_promoted_over_a_champion_it_never_faced(
         store: tuple[str, PublishedModel, PublishedModel], tmp_path: Path,
         trained: tuple[TrainResult, TrainResult]) -> None:
