@@ -58,7 +58,8 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #dee2e6; vertical-align: top; }
 th { background: #f1f3f5; font-weight: 600; } td.when { white-space: nowrap; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td code, th { white-space: nowrap; } .uri { word-break: break-all; }
 .tag { display: inline-block; padding: 0 7px; border-radius: 9px; color: #fff; font-size: 12px; font-weight: 600; }
 .pass { color: #2b8a3e; font-weight: 600; } .fail { color: #c92a2a; font-weight: 600; }
 .pending { color: #a66d00; font-weight: 600; }
@@ -154,7 +155,7 @@ def _arms_table(experiment: Experiment, outcomes: Mapping[str, ArmOutcomes], dec
         rows.append(
             f'<tr><td><span class="tag" style="background:{colour}">{_e(summary.role)}</span></td>'
             f"<td><code>{_e(summary.name)}</code></td><td><b>{_e(summary.version)}</b><br>"
-            f'<span class="note">{_e(arm.model_uri if arm else "")}</span></td>'
+            f'<span class="note uri">{_e(arm.model_uri if arm else "")}</span></td>'
             f'<td class="n">{share:.0%}</td><td class="n">{summary.requests}</td>'
             f'<td class="n">{summary.error_rate:.2%}<br><span class="note">{_e(errors or "no errors")}</span></td>'
             f'<td class="n">{_ms(summary.p99_seconds)}</td><td class="n">{summary.feedback}</td>'

@@ -252,16 +252,18 @@ def _status_table(experiment: Experiment, decision: Decision) -> str:
         + (f", concluded {experiment.conclusion}" if experiment.conclusion else ""),
         f"endpoint   {experiment.endpoint} ({experiment.target}, {experiment.deployment_name})",
         f"outcomes   {', '.join(experiment.outcomes)}",
-        "",
-        f"{'role':<11} {'arm':<14} {'version':<24} {'share':>5} {'requests':>8} {'5xx':>5} {'p99':>9} "
-        f"{'feedback':>8} {'mean reward':>11}",
     ]
-    for arm in (decision.champion, decision.challenger):
+    arms = (decision.champion, decision.challenger)
+    name_width = max(len("arm"), *(len(arm.name) for arm in arms))
+    version_width = max(len("version"), *(len(arm.version) for arm in arms))
+    lines += ["", f"{'role':<10}  {'arm':<{name_width}}  {'version':<{version_width}}  {'share':>5}  {'requests':>8}  "
+                  f"{'5xx':>5}  {'p99':>9}  {'feedback':>8}  {'mean reward':>11}"]
+    for arm in arms:
         share = experiment.ratio_a if arm.role == CHAMPION else 1 - experiment.ratio_a
         p99 = "-" if arm.p99_seconds is None else f"{arm.p99_seconds * 1000:.1f} ms"
         mean = "-" if arm.mean_reward is None else f"{arm.mean_reward:.4f}"
-        lines.append(f"{arm.role:<11} {arm.name:<14} {arm.version:<24} {share:>5.0%} {arm.requests:>8} "
-                     f"{arm.errors:>5} {p99:>9} {arm.feedback:>8} {mean:>11}")
+        lines.append(f"{arm.role:<10}  {arm.name:<{name_width}}  {arm.version:<{version_width}}  {share:>5.0%}  "
+                     f"{arm.requests:>8}  {arm.errors:>5}  {p99:>9}  {arm.feedback:>8}  {mean:>11}")
     lines += ["", f"decision now: {decision.reason}"]
     if experiment.decisions:
         last = experiment.decisions[-1]

@@ -193,24 +193,30 @@ def replay(
 
 
 class ProgressBar:
-    """``[#####-----] 1500/3000`` on one terminal line, redrawn at each percent."""
+    """``[#####-----] 1500/3000``: on a terminal one line redrawn at each percent; into a file or a
+    pipe (a CI log) a line at each tenth, so the log stays readable."""
 
     WIDTH = 30
 
     def __init__(self, total: int, stream: TextIO) -> None:
         self.total, self.stream, self.shown = total, stream, -1
+        self.interactive = stream.isatty()
+        self.step = 1 if self.interactive else 10
 
     def update(self, done: int) -> None:
         percent = done * 100 // self.total
-        if percent != self.shown:
-            self.shown = percent
-            filled = done * self.WIDTH // self.total
-            self.stream.write(f"\r[{'#' * filled}{'-' * (self.WIDTH - filled)}] {done}/{self.total}")
-            self.stream.flush()
+        if percent // self.step == self.shown // self.step and done < self.total:
+            return
+        self.shown = percent
+        filled = done * self.WIDTH // self.total
+        bar = f"[{'#' * filled}{'-' * (self.WIDTH - filled)}] {done}/{self.total}"
+        self.stream.write(f"\r{bar}" if self.interactive else f"{bar}\n")
+        self.stream.flush()
 
     def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        if self.interactive:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _draws(population: int, count: int, seed: int) -> Iterator[int]:

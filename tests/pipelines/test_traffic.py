@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from abflow.components.datasets import LabelledRows, load_labelled_rows
 from abflow.pipelines.cli import main
-from abflow.pipelines.traffic import feedback_body, protobuf_json, replay
+from abflow.pipelines.traffic import ProgressBar, feedback_body, protobuf_json, replay
 from tests.fixtures.serving import ServedGraph
 
 
@@ -161,6 +161,24 @@ def test_rate_paces_the_requests(recorder: Recorder) -> None:
     summary = replay(recorder.url, load_labelled_rows(), requests=10, feedback=True, rate=20.0, progress=io.StringIO())
     assert summary.seconds >= 9 / 20, "the tenth request waits for its slot, 0.45 s after the first"
     assert len(recorder.bodies) == 20
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "draws"), [(io.StringIO, 11), (Terminal, 101)])
+def test_the_progress_bar_redraws_a_terminal_and_keeps_a_log_short(stream: type[io.StringIO], draws: int) -> None:
+    out = stream()
+    bar = ProgressBar(3000, out)
+    for done in range(1, 3001):
+        bar.update(done)
+    bar.close()
+    text = out.getvalue()
+    assert text.count("/3000") == draws
+    assert text.endswith("[" + "#" * 30 + "] 3000/3000\n")
+    assert ("\r" in text) is (stream is Terminal)
 
 
 def test_unreachable_endpoint_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
