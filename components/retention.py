@@ -37,8 +37,8 @@ class Retention:
 
     def describe(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
-        gone = f"{verb} {len(self.deleted)} version(s) of {self.model_name}"
-        return f"{gone}: {', '.join(self.deleted)}" if self.deleted else gone
+        gone = f": {verb} {len(self.deleted)} ({', '.join(self.deleted)})" if self.deleted else f", {verb} none"
+        return f"retention kept {len(self.kept)} version(s) of {self.model_name}{gone}"
 
     def lines(self) -> list[str]:
         """One line per version, newest first within each group: for ``abflow gc``."""

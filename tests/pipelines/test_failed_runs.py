@@ -55,4 +55,4 @@ def test_a_failed_smoke_deletes_its_version_and_a_passed_run_prunes(data_dir: Pa
     assert served is not None and served.model_a_uri == champion.model_uri
     challenger = served.model_b_uri.rstrip("/").rsplit("/", 1)[-1]
     assert sorted(versions(data_dir)) == sorted([champion.version, challenger]), "both arms' versions stay"
-    assert "deleted 0 version(s) of iris" in passed.stderr
+    assert "retention kept 2 version(s) of iris, deleted none" in passed.stderr

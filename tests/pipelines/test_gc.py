@@ -47,11 +47,11 @@ def test_gc_keeps_the_newest_the_champion_and_what_the_endpoint_serves(
     assert out.out.splitlines() == ["keep    v4  (one of the 1 newest)",
                                     "keep    v2  (served by the local endpoint or its rollback target)",
                                     "keep    v1  (champion)", "delete  v3"]
-    assert "would delete 1 version(s) of iris: v3" in out.err
+    assert "retention kept 3 version(s) of iris: would delete 1 (v3)" in out.err
     assert versions(root) == ["v1", "v2", "v3", "v4"]
 
     assert main(["gc", "--data-dir", root, "--keep", "1"]) == 0
-    assert "deleted 1 version(s) of iris: v3" in capsys.readouterr().err
+    assert "retention kept 3 version(s) of iris: deleted 1 (v3)" in capsys.readouterr().err
     assert versions(root) == ["v1", "v2", "v4"]
 
 
@@ -59,7 +59,7 @@ def test_gc_on_gcs(gcs_root: str, trained: TrainResult, tmp_path: Path, capsys: 
     for version in ("v1", "v2", "v3"):
         publish_model(gcs_root, "iris", trained, run_id="test", version=version)
     assert main(["gc", "--artifact-root", gcs_root, "--data-dir", str(tmp_path), "--keep", "2"]) == 0
-    assert "deleted 1 version(s) of iris: v1" in capsys.readouterr().err
+    assert "retention kept 2 version(s) of iris: deleted 1 (v1)" in capsys.readouterr().err
     assert versions(gcs_root) == ["v2", "v3"]
 
 
