@@ -8,10 +8,10 @@ the arm that really answered, so nobody can credit the wrong arm.
 Bounded in count and in age, with two generations of plain dicts (O(1) per prediction, no per-entry
 objects but the puid string the response already holds): new puids go into the current generation;
 when it holds ``capacity / 2`` puids or is ``window / 2`` old, it becomes the previous one and the
-one before is dropped. So a puid among the last ``capacity / 2`` predictions and younger than
-``window / 2`` is always remembered, and none beyond the last ``capacity`` or older than ``window``
-is. With the defaults (100 000 puids, 1 h): at most ~12 MiB, always the last 50 000 puids of the
-last 30 minutes.
+one before is dropped; a previous generation that began a whole window ago is dropped too. So a
+puid among the last ``capacity / 2`` predictions and younger than ``window / 2`` is always
+remembered, and none beyond the last ``capacity`` or older than ``window`` is. With the defaults
+(100 000 puids, 1 h): at most ~12 MiB, always the last 50 000 puids of the last 30 minutes.
 """
 
 from __future__ import annotations
@@ -35,17 +35,13 @@ class PuidMemory:
         self._clock = clock
         self._current: dict[str, int] = {}
         self._previous: dict[str, int] = {}
-        self._started = clock()
+        self._started = self._previous_started = clock()
 
     def remember(self, puid: str, arm: int) -> None:
         """``puid`` was answered by ``arm`` (a puid a client sends again starts over, uncounted)."""
-        current = self._current
-        if len(current) >= self.capacity // 2 or self._clock() - self._started >= self.window / 2:
-            self._previous, self._current = current, {}
-            current = self._current
-            self._started = self._clock()
+        self._age(self._clock(), full=len(self._current) >= self.capacity // 2)
         self._previous.pop(puid, None)
-        current[puid] = arm
+        self._current[puid] = arm
 
     def arm(self, puid: str) -> int | None:
         """The arm that answered ``puid``, or ``None`` if it is not (or no longer) remembered."""
@@ -70,11 +66,15 @@ class PuidMemory:
         return len(self._current) + len(self._previous)
 
     def _lookup(self, puid: str) -> int | None:
-        age = self._clock() - self._started
-        if age >= self.window:
-            # No prediction came to rotate the generations for a whole window: everything is too old.
-            self._previous, self._current, self._started = {}, {}, self._clock()
-        elif age >= self.window / 2:
-            self._previous, self._current, self._started = self._current, {}, self._clock()
+        self._age(self._clock())
         value = self._current.get(puid)
         return self._previous.get(puid) if value is None else value
+
+    def _age(self, now: float, full: bool = False) -> None:
+        """Start a new generation when the current one is full or ``window / 2`` old (so each holds
+        puids of at most half a window), and drop the previous one once it began a window ago."""
+        if full or now - self._started >= self.window / 2:
+            self._previous, self._previous_started = self._current, self._started
+            self._current, self._started = {}, now
+        if now - self._previous_started >= self.window:
+            self._previous = {}

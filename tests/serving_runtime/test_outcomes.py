@@ -7,6 +7,8 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,15 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from abflow.serving.ledger import LEDGER_FILE, read_outcomes
-from tests.fixtures.processes import wait_until
-from tests.fixtures.serving import TUTORIAL_DIR, TUTORIAL_PAYLOAD, ServedGraph, ab_graph_file, start_served_graph
+from tests.fixtures.processes import free_port, http_ok, wait_until
+from tests.fixtures.serving import (
+    TUTORIAL_DIR,
+    TUTORIAL_PAYLOAD,
+    ServedGraph,
+    ab_graph_file,
+    serving_env,
+    start_served_graph,
+)
 
 EXPERIMENT = "iris-test-1"
 ARMS = ("classifier-1", "classifier-2")
@@ -231,3 +240,51 @@ def test_a_single_model_graph_takes_feedback_without_a_response(
         assert served.stop() == 0
     outcomes = read_outcomes(tmp_path / "state" / LEDGER_FILE, EXPERIMENT)
     assert (outcomes[node].feedback, outcomes[node].reward_sum) == (3, 1.0)
+
+
+def test_two_endpoints_serving_one_experiment_from_one_state_dir_add_up_in_its_ledger(
+        tmp_path: Path, iris_model_dir: Path, iris_model_dir_b: Path) -> None:
+    """What a blue/green replace does: the successor writes the ledger while its predecessor drains."""
+    state = tmp_path / "state"
+    models = (iris_model_dir, iris_model_dir_b)
+    blue = serve_experiment(tmp_path, models, state)
+    green = serve_experiment(tmp_path, models, state)
+    try:
+        sent = [*drive(blue, 0.5), *drive(green, 0.5), *drive(blue, 0.3)]
+    finally:
+        assert blue.stop() == 0 and green.stop() == 0
+    outcomes = read_outcomes(state / LEDGER_FILE, EXPERIMENT)
+    for index, arm in enumerate(ARMS):
+        kinds = [kind for _, a, kind in sent if a == index]
+        assert (outcomes[arm].requests, outcomes[arm].feedback) == (kinds.count("p"), kinds.count("f"))
+
+
+def test_a_model_server_on_a_cluster_labels_its_metrics_from_seldons_environment(
+        tmp_path: Path, iris_model_dir: Path) -> None:
+    port = free_port()
+    environ = {"SELDON_DEPLOYMENT_ID": "iris-ab", "PREDICTOR_ID": "main", "PREDICTIVE_UNIT_ID": "classifier-2",
+               "PREDICTIVE_UNIT_IMAGE": "registry:5000/abflow/serving:0123abc",
+               "PREDICTOR_LABELS": json.dumps({"version": EXPERIMENT})}
+    with open(tmp_path / "model.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "abflow.serving.modelserver", "--model", str(iris_model_dir),
+                                 "--port", str(port), "--name", "classifier-2"], stdout=log, stderr=subprocess.STDOUT,
+                                env={**serving_env(), **environ})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/ready"), timeout=60, what="the model server")
+        prediction = requests.post(f"{url}/predict", json=TUTORIAL_PAYLOAD, timeout=10)
+        assert prediction.status_code == 200
+        for body in ({"response": prediction.json()}, {"reward": 1}, {"reward": 0.5, "truth": {"ndarray": [[1]]}}):
+            assert requests.post(f"{url}/send-feedback", json=body, timeout=10).status_code == 200
+        assert requests.post(f"{url}/send-feedback", json={"reward": 1e9}, timeout=10).status_code == 400
+        text = requests.get(f"{url}/metrics", timeout=10).text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    labels = (("deployment_name", "iris-ab"), ("model_image", "registry:5000/abflow/serving"),
+              ("model_name", "classifier-2"), ("model_version", "0123abc"), ("predictor_name", "main"),
+              ("predictor_version", EXPERIMENT))
+    assert samples(text, "seldon_api_model_feedback_total") == {labels: 3.0}
+    assert samples(text, "seldon_api_model_feedback_reward_total") == {labels: 1.5}
+    assert samples(text, "abflow_feedback_reward_squares_total") == {labels: 1.25}
+    assert samples(text, "abflow_model_requests_total") == {tuple(sorted((*labels, ("code", "200")))): 1.0}
