@@ -19,6 +19,10 @@ bin_dir="${XDG_CACHE_HOME:-$HOME/.cache}/abflow/bin"
 pinned() { awk -v mod="$1" '$1 == "require" { $1 = "" ; $0 = $0 } $1 == mod { print $2; exit }' "$module_dir/go.mod"; }
 kube_version="$(pinned k8s.io/kubernetes)"
 etcd_version="$(pinned go.etcd.io/etcd/server/v3)"
+if [ -z "$kube_version" ] || [ -z "$etcd_version" ]; then
+  echo "build-kube.sh: $module_dir/go.mod pins no k8s.io/kubernetes or go.etcd.io/etcd/server/v3" >&2
+  exit 1
+fi
 
 build() {  # build <name> <version> <package> [ldflags…]
   local name="$1" version="$2" package="$3" ldflags="-s -w ${4:-}"
@@ -38,6 +42,7 @@ build() {  # build <name> <version> <package> [ldflags…]
     || { rm -f "$tmp"; exit 1; }
   mv "$tmp" "$dest"
 }
+
 minor="${kube_version#v1.}"
 minor="${minor%%.*}"
 # kube-apiserver reports these at /version; without them it claims v0.0.0-master.
