@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abflow.components.datasets import LabelledRows, load_labelled_rows
@@ -288,11 +288,13 @@ seldon_messages = st.fixed_dictionaries({}, optional={"status": statuses, "meta"
                            st.builds(lambda v: {**base, "jsonData": v}, json_values)))
 
 
+@settings(deadline=None)  # a loaded 2-core machine can take longer than hypothesis's 200 ms per example
 @given(seldon_messages)
 def test_messages_are_rendered_as_protobufs_json_printer_renders_them(message: dict[str, Any]) -> None:
     assert protobuf_json(message) == as_seldons_client_sends("SeldonMessage", message)
 
 
+@settings(deadline=None)
 @given(seldon_messages, seldon_messages,
        st.sampled_from([0.0, -0.0, 1.0, 1e-50]) | st.floats(allow_nan=False, width=32, allow_infinity=False))
 def test_feedback_is_what_seldons_client_posts(request: dict[str, Any], response: dict[str, Any],
