@@ -91,7 +91,7 @@ def traffic_command(args: argparse.Namespace) -> int:
         print(f"abflow traffic: {error}", file=sys.stderr)
         return 2
     print(summary.table())
-    print(f"{args.requests} requests in {summary.seconds:.1f}s", file=sys.stderr)
+    print(f"{summary.sent} of {args.requests} predictions sent in {summary.seconds:.1f}s", file=sys.stderr)
     if summary.failed:
         print("abflow traffic: some requests failed (see above); is the endpoint up? `abflow status` tells",
               file=sys.stderr)

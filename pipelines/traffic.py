@@ -30,11 +30,14 @@ from abflow.components.smoke import payload_for, predictions_url
 from abflow.serving.artifact import DEFAULT_CLASS_NAMES
 
 FEEDBACK_SUFFIX = "/feedback"
+GIVE_UP_AFTER = 10
+"""Predictions in a row that cannot reach the endpoint before the replay stops: an endpoint that is
+down (or a wrong --url) fails fast instead of timing out thousands of times."""
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAP_FIELDS = frozenset({"tags", "routing", "requestPath"})
 """The map fields of Seldon's ``Meta``: protobuf JSON keeps a map's entries even when a value is 0."""
 VALUE_FIELDS = frozenset({"jsonData", "ndarray"})
-"""``google.protobuf.Value`` fields: printed as the JSON they hold, empty parts included."""
+"""``google.protobuf.Value``/``ListValue`` fields: printed as the JSON they hold, empty parts included."""
 
 
 @dataclass
@@ -59,11 +62,13 @@ class TrafficSummary:
     arms: dict[str, ArmTally] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     feedback_errors: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
     seconds: float = 0.0
+    gave_up: str = ""
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors or self.feedback_errors)
+        return bool(self.errors or self.feedback_errors or self.gave_up)
 
     def table(self) -> str:
         width = max([24, *(len(arm) for arm in self.arms)])
@@ -73,6 +78,8 @@ class TrafficSummary:
                          f"{tally.accuracy:>8.3f}")
         for what, errors in (("prediction", self.errors), ("feedback", self.feedback_errors)):
             lines += [f"{what} errors: {count} x {reason}" for reason, count in errors.most_common()]
+        if self.gave_up:
+            lines.append(self.gave_up)
         return "\n".join(lines)
 
 
@@ -81,7 +88,7 @@ def protobuf_json(message: Mapping[str, Any]) -> dict[str, Any]:
     by protobuf's JSON printer. A scalar holding its proto3 default (0, ``False``, empty text), an
     empty list, an empty map (``tags``, ``routing``, ``requestPath``) and ``null`` are left out; a map
     keeps every entry, a value of 0 included; a nested message is kept even when empty (parsing
-    ``{}`` sets it); a ``google.protobuf.Value`` field (``jsonData``) is the JSON it holds."""
+    ``{}`` sets it); a ``Value``/``ListValue`` field (``jsonData``, ``ndarray``) is the JSON it holds."""
     rendered: dict[str, Any] = {}
     for key, value in message.items():
         if key in VALUE_FIELDS:
@@ -169,11 +176,22 @@ def replay(
     with Session() as session:
         if token:
             session.headers["Authorization"] = f"Bearer {token}"
+        unreachable = 0
         for sent, index in enumerate(_draws(len(rows.labels), requests, seed)):
             if rate is not None:
                 _pace(started + sent / rate)
             request = payload_for(rows.features[index].tolist())
-            answer = _predict(session, predict_url, request, timeout, summary.errors)
+            summary.sent += 1
+            try:
+                answer = _predict(session, predict_url, request, timeout, summary.errors)
+            except RequestException as exc:
+                summary.errors[_unreachable(predict_url, exc)] += 1
+                unreachable += 1
+                if unreachable == GIVE_UP_AFTER:
+                    summary.gave_up = f"gave up after {unreachable} predictions in a row could not reach {predict_url}"
+                    break
+                continue
+            unreachable = 0
             if answer is not None:
                 response, predicted = answer
                 tally = summary.arms.setdefault(served_by(response), ArmTally())
@@ -181,8 +199,8 @@ def replay(
                 tally.requests += 1
                 tally.correct += int(reward)
                 if feedback:
-                    if _post(session, feedback_url, feedback_body(request, response, reward), timeout,
-                             summary.feedback_errors) is not None:
+                    if _send_feedback(session, feedback_url, feedback_body(request, response, reward), timeout,
+                                      summary.feedback_errors):
                         tally.feedback_sent += 1
                     else:
                         tally.feedback_refused += 1
@@ -239,9 +257,11 @@ def _pace(due: float) -> None:
 
 def _predict(session: Session, url: str, request: Mapping[str, Any], timeout: float,
              errors: Counter[str]) -> tuple[dict[str, Any], int] | None:
-    """The decoded answer and its predicted class, or ``None`` with the failure counted."""
-    response = _post(session, url, request, timeout, errors)
-    if response is None:
+    """The decoded answer and its predicted class, or ``None`` with the failure counted; raises
+    ``RequestException`` when the endpoint cannot be reached."""
+    response = session.post(url, json=request, timeout=timeout)
+    if response.status_code != 200:
+        errors[_refused(response)] += 1
         return None
     try:
         answer = response.json()
@@ -251,19 +271,27 @@ def _predict(session: Session, url: str, request: Mapping[str, Any], timeout: fl
         return None
 
 
-def _post(session: Session, url: str, body: Mapping[str, Any], timeout: float,
-          errors: Counter[str]) -> Response | None:
-    """The 200 response (what Seldon's client counts as success), or ``None`` with the failure counted
-    under its reason."""
+def _send_feedback(session: Session, url: str, body: Mapping[str, Any], timeout: float,
+                   errors: Counter[str]) -> bool:
+    """Whether the endpoint took the feedback (a 200, what Seldon's client counts as success); a
+    failure is counted under its reason."""
     try:
         response = session.post(url, json=body, timeout=timeout)
     except RequestException as exc:
-        errors[f"cannot reach {url} ({type(exc).__name__})"] += 1
-        return None
+        errors[_unreachable(url, exc)] += 1
+        return False
     if response.status_code != 200:
-        errors[f"HTTP {response.status_code}: {_info(response.text)}"] += 1
-        return None
-    return response
+        errors[_refused(response)] += 1
+        return False
+    return True
+
+
+def _unreachable(url: str, exc: RequestException) -> str:
+    return f"cannot reach {url} ({type(exc).__name__})"
+
+
+def _refused(response: Response) -> str:
+    return f"HTTP {response.status_code}: {_info(response.text)}"
 
 
 def _info(text: str) -> str:

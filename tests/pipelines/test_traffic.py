@@ -184,8 +184,13 @@ def test_the_progress_bar_redraws_a_terminal_and_keeps_a_log_short(stream: type[
 def test_unreachable_endpoint_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.fixtures.processes import free_port
 
-    assert main(["traffic", "--url", f"http://127.0.0.1:{free_port()}", "--requests", "3"]) == 1
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["traffic", "--url", url, "--requests", "3"]) == 1
     assert "prediction errors: 3 x cannot reach" in capsys.readouterr().out
+    assert main(["traffic", "--url", url, "--requests", "100000", "--feedback"]) == 1
+    out, err = capsys.readouterr()
+    assert "prediction errors: 10 x cannot reach" in out and "gave up after 10 predictions in a row" in out
+    assert "10 of 100000 predictions sent" in err
 
 
 def test_rows_are_drawn_evenly_with_a_fixed_seed(recorder: Recorder) -> None:
