@@ -143,6 +143,11 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
     with _locked(state_root):
         current = current_deployment(state_root)
         release = _next_release(state_root)
+        held = port_in_use(state_root, port, host)
+        if held:
+            raise DeployError(f"deploy: release {release} did not start, so nothing changed: "
+                              f"{_still_serving(current)}. Cause: {held}; pick another port (abflow run "
+                              "--local-port, the pipeline's local_port)")
         folder = state_root / RELEASES / str(release)
         folder.mkdir(parents=True)
         graph_path = folder / GRAPH_FILE

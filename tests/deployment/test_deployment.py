@@ -223,7 +223,8 @@ def test_a_port_held_by_another_server_fails_the_deploy_with_the_reason(state_ro
     with socket.create_server(("127.0.0.1", 0)) as other:
         port = other.getsockname()[1]
         with pytest.raises(DeployError, match=rf"(?s)release 1 did not start, so nothing changed: nothing was "
-                                              rf"deployed before.*cannot listen on 127.0.0.1:{port}"):
+                                              rf"deployed before.*port {port} on 127.0.0.1 is in use by another "
+                                              rf"program.*abflow run --local-port"):
             deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(iris_model_dir), ratio_a=1.0,
                          state_root=state_root, port=port)
     assert current_deployment(state_root) is None
