@@ -184,6 +184,7 @@ def _look(args: argparse.Namespace, command: str) -> tuple[Experiment, dict[str,
     from abflow.components.decision import decide
     from abflow.components.experiment import ExperimentError
     from abflow.components.outcomes import arm_summaries, elapsed_seconds, read_experiment_outcomes
+    from abflow.components.prometheus_outcomes import PrometheusError
     from abflow.serving.ledger import LedgerError
     from abflow.serving.store import StoreError
 
@@ -198,7 +199,7 @@ def _look(args: argparse.Namespace, command: str) -> tuple[Experiment, dict[str,
                   file=sys.stderr)
             return None
         outcomes = read_experiment_outcomes(experiment)
-    except (ExperimentError, LedgerError, StoreError, ValueError) as error:
+    except (ExperimentError, LedgerError, PrometheusError, StoreError, ValueError) as error:
         print(f"abflow experiment {command}: {error}", file=sys.stderr)
         return None
     champion, challenger = arm_summaries(experiment, outcomes)

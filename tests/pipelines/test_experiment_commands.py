@@ -25,7 +25,7 @@ from abflow.components.experiment import (
 )
 from abflow.pipelines.cli import main
 from abflow.serving.ledger import OutcomeLedger, read_outcomes
-from tests.fixtures.processes import wait_until
+from tests.fixtures.processes import free_port, wait_until
 from tests.fixtures.serving import ab_graph_file, start_served_graph
 
 MODEL = "iris"
@@ -171,14 +171,20 @@ def test_an_experiment_that_has_served_nothing_yet_is_missing_evidence(tmp_path:
     assert [(arm["requests"], arm["feedback"], arm["mean_reward"]) for arm in body["arms"]] == [(0, 0, None)] * 2
 
 
-def test_an_unreadable_outcome_source_is_an_error_naming_it(tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    start_experiment(str(tmp_path), experiment_id="iris-20260102-220000-abcdef", model_name=MODEL, target="local",
+@pytest.mark.parametrize(("source", "message"), [
+    ("carrier-pigeon:loft-3", "'carrier-pigeon:loft-3', which abflow cannot read"),
+    ("prometheus:http://127.0.0.1:{port}", "cannot reach Prometheus at http://127.0.0.1:{port}"),
+])
+def test_an_unreadable_outcome_source_is_an_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            source: str, message: str) -> None:
+    port = free_port()
+    source, message = source.format(port=port), message.format(port=port)
+    start_experiment(str(tmp_path), experiment_id="iris-20260102-220000-abcdef", model_name=MODEL, target="seldon",
                      deployment_name="iris-ab", endpoint="http://127.0.0.1:8000", arms=ARMS, ratio_a=0.5,
-                     outcomes="carrier-pigeon:loft-3", run_id="run-2")
+                     outcomes=source, run_id="run-2")
     code, out, err = run(capsys, "experiment", "status", "--data-dir", str(tmp_path))
     assert code == 1 and not out
-    assert "'carrier-pigeon:loft-3', which abflow cannot read" in err
+    assert message in err
 
 
 def test_traffic_with_feedback_to_a_real_endpoint_is_what_status_reads_once_it_is_down(
