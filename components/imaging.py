@@ -241,7 +241,7 @@ def resolve_builder(builder: str) -> ResolvedBuilder:
     if builder == "auto":
         if shutil.which("buildah"):
             return "buildah"
-        if shutil.which("docker") and _docker_answers():
+        if shutil.which("docker") and docker_answers():
             return "docker"
         return "none"
     if builder != "none" and not shutil.which(builder):
@@ -407,7 +407,8 @@ def _succeeds(command: _Command) -> bool:
     )
 
 
-def _docker_answers() -> bool:
+def docker_answers() -> bool:
+    """Whether a docker daemon answers ``docker info``: an installed client alone builds nothing."""
     try:
         return (
             subprocess.run(

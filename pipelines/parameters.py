@@ -149,10 +149,17 @@ def machine_problems(values: Mapping[str, Any], spell: Spelling = flag) -> list[
     if builder == "kaniko":
         problems.append(f"{spell('builder')} kaniko runs in a cluster: use it with `abflow submit`, or pick "
                         "buildah/docker/none")
-    elif builder in ("buildah", "docker") and not shutil.which(builder):
-        problems.append(f"{spell('builder')} {builder} cannot run here: {builder} is not installed (not on PATH); "
-                        f"install it, or pass {spell('builder')} auto (whichever is installed) or "
-                        f"{spell('builder')} none (the local target needs no image)")
+    elif builder in ("buildah", "docker"):
+        from abflow.components.imaging import docker_answers
+
+        fallback = (f"pass {spell('builder')} auto (whichever works here) or {spell('builder')} none (the local "
+                    "target needs no image)")
+        if not shutil.which(builder):
+            problems.append(f"{spell('builder')} {builder} cannot run here: {builder} is not installed (not on "
+                            f"PATH); install it, or {fallback}")
+        elif builder == "docker" and not docker_answers():
+            problems.append(f"{spell('builder')} docker cannot run here: no docker daemon answers `docker info`; "
+                            f"start one, or {fallback}")
     port = values.get("local_port")
     if values.get("target") == "local" and isinstance(port, int) and BOUNDS["local_port"].admits(port):
         from abflow.components.deployment import port_in_use

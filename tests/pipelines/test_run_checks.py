@@ -73,6 +73,19 @@ def test_a_builder_that_is_not_installed_fails_at_once(data_dir: Path, tmp_path:
     assert "--builder none" in err
 
 
+def test_docker_without_a_daemon_fails_at_once(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A docker client whose daemon does not answer (here: one that fails every command)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    err = refused(data_dir, capsys, "--builder", "docker")
+    assert "--builder docker cannot run here: no docker daemon answers `docker info`" in err
+
+
 def test_a_port_held_by_another_program_fails_at_once_naming_local_port(
         data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.create_server(("127.0.0.1", 0)) as other:
