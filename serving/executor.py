@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.metadata
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +48,15 @@ from abflow.serving.ledger import OutcomeLedger, read_outcomes
 from abflow.serving.limits import FAILOVER, EndpointLimits
 from abflow.serving.metrics import NO_ARM, ExecutorMetrics, SeldonLabels, merge_expositions
 from abflow.serving.oauth import MAX_TOKEN_BODY_BYTES, UNAUTHORIZED, OAuthError, TokenIssuer
+from abflow.serving.oip import (
+    BINARY_HEADER,
+    InferRequest,
+    OipError,
+    decode_infer_request,
+    encode_infer_response,
+    error_body,
+    model_metadata,
+)
 from abflow.serving.protocol import (
     BAD_DATA,
     INTERNAL_ERROR,
@@ -60,7 +71,7 @@ from abflow.serving.protocol import (
 )
 from abflow.serving.puids import PuidMemory
 from abflow.serving.routers import Router, make_router, pinned_arm, stats_from_outcomes
-from abflow.serving.service import Call, Reply, Routes, status_reply
+from abflow.serving.service import ROUTE_HEADER, Call, Reply, Routes, status_reply
 
 T = TypeVar("T")
 UNAVAILABLE = "MICROSERVICE_UNAVAILABLE"
@@ -71,11 +82,10 @@ FEEDBACK_PATHS = ("/api/v1.0/feedback", "/api/v0.1/feedback")
 ALREADY_COUNTED = "FEEDBACK_ALREADY_COUNTED"
 CONFLICT = "FEEDBACK_CONFLICT"
 METADATA_PATH = "/api/v1.0/metadata"
+V2_MODELS = "/v2/models"
+"""The Open Inference Protocol's models: the graph by its name (routed), and each arm by its node's."""
 PUID_HEADER = "Seldon-Puid"
 """The prediction's ``meta.puid``, as Seldon's orchestrator sets it on every response."""
-ROUTE_HEADER = "x-seldon-route"
-"""Names the arm that served (``:classifier-1:``, Seldon v2's form); a client that sends it back is
-pinned to that arm."""
 
 
 class Arm(Protocol):
@@ -162,12 +172,62 @@ class Executor:
         self.routes.add("GET", METADATA_PATH, self.metadata, guard=bearer)
         for n in nodes:
             self.routes.add("GET", f"{METADATA_PATH}/{n.name}", self.model_metadata, guard=bearer)
+        self.routes.add("GET", "/v2", self.v2_server)
+        self.routes.add("GET", "/v2/health/live", self.v2_live)
+        self.routes.add("GET", "/v2/health/ready", self.v2_ready)
+        for model in (graph.name, *self._arm_names):
+            self.routes.add("GET", f"{V2_MODELS}/{model}", self.v2_model, guard=bearer)
+            self.routes.add("GET", f"{V2_MODELS}/{model}/ready", self.v2_model)
+            self.routes.add("POST", f"{V2_MODELS}/{model}/infer", self.infer, guard=bearer)
         self.routes.add_gateway(graph.name)
 
     async def handle(self, call: Call) -> Reply:
         return await self.routes.dispatch(call)
 
     async def predict(self, call: Call) -> Reply:
+        return await self._answer(call, decode_prediction_request, self._encode, PREDICTION_PATHS[0])
+
+    async def infer(self, call: Call) -> Reply:
+        """``POST /v2/models/<graph>/infer`` (routed like a Seldon prediction) or ``/v2/models/<arm>/infer``
+        (that arm); the response's ``parameters`` name the arm, ``x-seldon-route`` too."""
+        name = call.path.rstrip("/").split("/")[-2]
+        pinned = None if name == self.graph.name else self._arm_names.index(name)
+        decode = functools.partial(decode_infer_request, binary_header=call.headers.get(BINARY_HEADER))
+        return await self._answer(call, decode, functools.partial(self._encode_oip, name),
+                                  f"{V2_MODELS}/{name}/infer", pinned=pinned, oip=True)
+
+    async def v2_live(self, call: Call) -> Reply:
+        return Reply(200, b'{"live":true}')
+
+    async def v2_ready(self, call: Call) -> Reply:
+        ready = all(arm["up"] for arm in await self._probe())
+        return Reply(200 if ready else 503, orjson.dumps({"ready": ready}))
+
+    async def v2_server(self, call: Call) -> Reply:
+        return Reply(200, orjson.dumps({"name": "abflow", "version": importlib.metadata.version("abflow"),
+                                        "extensions": []}))
+
+    async def v2_model(self, call: Call) -> Reply:
+        """``GET /v2/models/<name>`` (the graph, or one arm) and ``…/ready`` (its arms are up)."""
+        parts = call.path.rstrip("/").split("/")
+        ask_ready = parts[-1] == "ready"
+        name = parts[-2] if ask_ready else parts[-1]
+        indices = range(len(self.arms)) if name == self.graph.name else [self._arm_names.index(name)]
+        if ask_ready:
+            await self._probe()
+            ready = all(self.arms[i].up for i in indices)
+            return Reply(200 if ready else 503, orjson.dumps({"name": name, "ready": ready}))
+        infos = [self.arms[i].info for i in indices]
+        known = [info for info in infos if info is not None]
+        return Reply(200, model_metadata(
+            name, versions=sorted({info.version for info in known if info.version}),
+            n_features=self._n_features() if name == self.graph.name else (known[0].n_features if known else None),
+            class_names=known[0].class_names if known else None))
+
+    async def _answer(self, call: Call, decode: Callable[..., Any], encode: Callable[..., bytes], path: str, *,
+                      pinned: int | None = None, oip: bool = False) -> Reply:
+        """decode → route → predict on an arm → encode, in Seldon's wire format or (``oip``) the Open
+        Inference Protocol's, counted in the metrics and the ledger alike."""
         started = time.perf_counter()
         arm_name = NO_ARM
         metrics = self.metrics
@@ -176,27 +236,29 @@ class Executor:
         large = len(call.body) > self.limits.large_body_bytes
         try:
             try:
-                request = await self._off_loop(large, decode_prediction_request, call.body, call.content_type,
+                request = await self._off_loop(large, decode, call.body, call.content_type,
                                                n_features=self._n_features())
-                routed = self._route(call, request)
+                routed = self._route(call, request) if pinned is None else pinned
                 index, probabilities = await self._serve(request.features, routed)
                 arm_name = self.arms[index].name
-                puid = request.puid or new_puid()
-                body = await self._off_loop(large, self._encode, request, probabilities, index, puid)
+                puid = (None if oip else request.puid) or new_puid()
+                body = await self._off_loop(large, encode, request, probabilities, index, puid)
                 self._puids.remember(puid, index)
                 reply = Reply(200, body, headers=(*self._route_headers[index], (PUID_HEADER, puid)))
             except SeldonError as exc:
+                reply = Reply(exc.code, error_body(exc.info) if oip else exc.body())
+            except OipError as exc:
                 reply = Reply(exc.code, exc.body())
             except _ArmError as exc:
                 arm_name = exc.arm
-                reply = Reply(exc.error.code, exc.error.body())
+                reply = Reply(exc.error.code, error_body(exc.error.info) if oip else exc.error.body())
             status = reply.status
             return reply
         finally:
             metrics.inflight -= 1
             seconds = time.perf_counter() - started
             metrics.observe(arm_name, status, seconds, None if status == 200 else str(status))
-            metrics.server_request(PREDICTION_PATHS[0], status, seconds)
+            metrics.server_request(path, status, seconds)
             if self.ledger is not None and arm_name != NO_ARM:
                 assert self.experiment is not None
                 self.ledger.record_request(self.experiment, arm_name, status, seconds)
@@ -330,7 +392,7 @@ class Executor:
         self._arm_labels[index] = (info, arm_labels)
         return arm_labels
 
-    def _route(self, call: Call, request: PredictionRequest) -> int:
+    def _route(self, call: Call, request: PredictionRequest | InferRequest) -> int:
         """The arm a request goes to: the one its route header pins, else the router's choice, by the
         request's unit when the graph is sticky (a request without one is split at random, and counted)."""
         if self.router is None:
@@ -341,7 +403,8 @@ class Executor:
         if self._unit is None:
             return self.router.route(request)
         kind, key = self._unit
-        raw = call.headers.get(key) if kind == HEADER_UNIT else request.tags.get(key)
+        tags = request.parameters if isinstance(request, InferRequest) else request.tags
+        raw = call.headers.get(key) if kind == HEADER_UNIT else tags.get(key)
         unit = str(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) and raw != "" else None
         if unit is None:
             self.metrics.sticky_fallback(self._router_name or "")
@@ -389,6 +452,15 @@ class Executor:
                 self.metrics.failover(arm.name, self.arms[order[attempt + 1]].name)
         assert failure is not None
         raise _ArmError(self.arms[routed].name, failure)
+
+    def _encode_oip(self, model: str, request: InferRequest, probabilities: Rows, index: int, puid: str) -> bytes:
+        info = self.arms[index].info
+        assert info is not None
+        parameters: dict[str, str | int] = {"arm": info.name, "puid": puid}
+        if self._router_name is not None:
+            parameters.update(router=self._router_name, child=index)
+        return encode_infer_response(request, probabilities, info.class_names, model_name=model,
+                                     model_version=info.version if model == info.name else "", parameters=parameters)
 
     def _encode(self, request: PredictionRequest, probabilities: Rows, index: int, puid: str) -> bytes:
         info = self.arms[index].info

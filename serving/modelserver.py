@@ -30,6 +30,14 @@ from abflow.serving.artifact import ALLOW_UNVERIFIED_ENV, ALLOW_UNVERIFIED_FLAG,
 from abflow.serving.limits import EndpointLimits
 from abflow.serving.metrics import ModelMetrics, SeldonLabels
 from abflow.serving.model import LoadedModel, ModelLoadError, load_model, trust_decoded_input
+from abflow.serving.oip import (
+    BINARY_HEADER,
+    OipError,
+    decode_infer_request,
+    encode_infer_response,
+    error_body,
+    model_metadata,
+)
 from abflow.serving.protocol import (
     INTERNAL_ERROR,
     MAX_BODY_BYTES,
@@ -40,7 +48,7 @@ from abflow.serving.protocol import (
     encode_prediction_response,
     new_puid,
 )
-from abflow.serving.service import Call, Reply, Routes, status_reply
+from abflow.serving.service import ROUTE_HEADER, Call, Reply, Routes, status_reply
 
 PARENT_PID_ENV = "ABFLOW_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -78,6 +86,11 @@ class ModelServer:
         for path in ("/ready", "/health/status"):
             self.routes.add("GET", path, self.status)
         self.routes.add("GET", "/metrics", self.prometheus)
+        # The Open Inference Protocol, this model under its node name.
+        for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{name}/ready"):
+            self.routes.add("GET", path, self.v2_ready)
+        self.routes.add("GET", f"/v2/models/{name}", self.v2_metadata)
+        self.routes.add("POST", f"/v2/models/{name}/infer", self.infer)
 
     async def handle(self, call: Call) -> Reply:
         return await self.routes.dispatch(call)
@@ -101,6 +114,36 @@ class ModelServer:
         self.metrics.observe(self.name, reply.status, seconds, None if reply.status == 200 else str(reply.status))
         self.metrics.observe_model(reply.status, seconds)
         return reply
+
+    async def infer(self, call: Call) -> Reply:
+        """``POST /v2/models/<name>/infer``: the same model, answered in the Open Inference Protocol."""
+        started = time.perf_counter()
+        version = self.metrics.labels.model_version
+        try:
+            request = decode_infer_request(call.body, call.content_type, n_features=self.model.n_features,
+                                           binary_header=call.headers.get(BINARY_HEADER))
+            probabilities = self.model.predict_proba(request.features)
+            reply = Reply(200, encode_infer_response(request, probabilities, self.model.class_names,
+                                                     model_name=self.name, model_version=version,
+                                                     parameters={"arm": self.name}),
+                          headers=((ROUTE_HEADER, f":{self.name}:"),))
+        except OipError as exc:
+            reply = Reply(exc.code, exc.body())
+        except Exception as exc:  # noqa: BLE001 - a model bug answers 500 and the server keeps serving
+            reply = Reply(500, error_body(f"model {self.name!r} failed: {type(exc).__name__}: {exc}"))
+        seconds = time.perf_counter() - started
+        self.metrics.observe(self.name, reply.status, seconds, None if reply.status == 200 else str(reply.status))
+        self.metrics.observe_model(reply.status, seconds)
+        return reply
+
+    async def v2_ready(self, call: Call) -> Reply:
+        """Live, ready and this model ready are one thing here: the model loaded before the server listened."""
+        return Reply(200, orjson.dumps({"name": self.name, "ready": True, "live": True}))
+
+    async def v2_metadata(self, call: Call) -> Reply:
+        version = self.metrics.labels.model_version
+        return Reply(200, model_metadata(self.name, versions=[version] if version else [],
+                                         n_features=self.model.n_features, class_names=self.model.class_names))
 
     async def feedback(self, call: Call) -> Reply:
         """Seldon sends feedback to models too: counted (a reward of 0, or none, counts), though an

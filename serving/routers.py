@@ -36,7 +36,6 @@ from abflow.serving.graph import (
     check_ratio,
 )
 from abflow.serving.ledger import ArmOutcomes
-from abflow.serving.protocol import PredictionRequest
 
 _HASH_SCALE = float(2**64)
 
@@ -55,7 +54,9 @@ class ArmStats:
 
 
 class Router(Protocol):
-    def route(self, request: PredictionRequest, unit: str | None = None) -> int: ...
+    def route(self, request: object, unit: str | None = None) -> int:
+        """The child for ``request`` (Seldon's or the Open Inference Protocol's, decoded: the policies
+        here look only at ``unit``)."""
 
     def feedback(self, arm: int, reward: float) -> None: ...
 
@@ -160,7 +161,7 @@ class RandomABTest:
         self._random = (rng or random.Random()).random
         self._counters = _Counters(2)
 
-    def route(self, request: PredictionRequest, unit: str | None = None) -> int:
+    def route(self, request: object, unit: str | None = None) -> int:
         if self.salt is None:
             draw = self._random()
         elif unit is not None:
@@ -199,7 +200,7 @@ class EpsilonGreedy:
         self._rng = rng or random.Random()
         self._counters = _Counters(n_arms)
 
-    def route(self, request: PredictionRequest, unit: str | None = None) -> int:
+    def route(self, request: object, unit: str | None = None) -> int:
         counters = self._counters
         if self._rng.random() < self.epsilon:
             return counters.count_route(self._rng.randrange(counters.n_arms))
@@ -232,7 +233,7 @@ class ThompsonSampling:
         self._rng = rng or random.Random()
         self._counters = _Counters(n_arms)
 
-    def route(self, request: PredictionRequest, unit: str | None = None) -> int:
+    def route(self, request: object, unit: str | None = None) -> int:
         counters = self._counters
         with counters.lock:
             posteriors = [(1.0 + s, 1.0 + n - s) for s, n in zip(counters.reward_sum, counters.feedback, strict=True)]

@@ -21,6 +21,9 @@ from abflow.serving.metrics import ServingMetrics
 from abflow.serving.protocol import BAD_DATA, MAX_BODY_BYTES, status_body
 
 JSON = "application/json"
+ROUTE_HEADER = "x-seldon-route"
+"""Names the arm that served a prediction (``:classifier-1:``, Seldon v2's form); a client that sends
+it back to the executor is pinned to that arm."""
 OTHER_PATH = "other"
 """The metrics label of every path that is not a route (so clients cannot mint label values)."""
 
