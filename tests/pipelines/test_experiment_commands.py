@@ -201,7 +201,7 @@ def test_traffic_with_feedback_to_a_real_endpoint_is_what_status_reads_once_it_i
         assert code == 0, out + err
         wait_until(lambda: sum(arm.feedback for arm in read_outcomes(state / "outcomes.sqlite",
                                                                      experiment.id).values()) == 300,
-                   timeout=30, what="300 feedbacks in the ledger")
+                   timeout=60, what="300 feedbacks in the ledger")
     finally:
         served.stop()
     sent = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
