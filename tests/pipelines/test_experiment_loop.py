@@ -6,6 +6,7 @@ retrains anything."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,15 @@ def report_of(result: subprocess.CompletedProcess[str]) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def conclude_metrics(project: LocalProject, result: subprocess.CompletedProcess[str]) -> dict[str, float]:
+    """What the conclude step logged to its KFP ``Metrics`` output (kept in the run's executor output)."""
+    [line] = [line for line in result.stdout.splitlines() if line.startswith(REPORT_LINE)]
+    run_dir = project.data / "runs" / Path(line[len(REPORT_LINE):]).stem
+    output = json.loads((run_dir / "conclude" / "executor_output.json").read_text(encoding="utf-8"))
+    metrics: dict[str, float] = output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    return metrics
+
+
 def champion_version(project: LocalProject) -> str:
     champion = read_champion(str(project.data), "iris")
     assert champion is not None
@@ -78,6 +88,7 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_kept_out(project: Local
     [decision] = concluded.decisions
     assert decision["action"] == "promoted" and min(arm["feedback"] for arm in decision["arms"]) >= 100
     assert f"Experiment {experiment.id}: promote" in report_of(promoted)
+    assert conclude_metrics(project, promoted)["decision_promote"] == 1.0
 
     run(project, *WEAK, "--seed", "3")
     against_weak = running_experiment(str(project.data), "iris")
@@ -112,6 +123,8 @@ def test_an_undecided_experiment_ends_the_run_early_and_retrains_nothing(project
     assert still is not None and still.id == experiment.id and still.status == RUNNING
     assert [d["decision"] for d in still.decisions] == ["continue"]
     assert f"Experiment {experiment.id}: continue" in report_of(waiting)
+    metrics = conclude_metrics(project, waiting)
+    assert (metrics["decision_continue"], metrics["proceed"], metrics["challenger_feedback"]) == (1.0, 0.0, 0.0)
 
     replaced = run(project, "--seed", "9", "--on-undecided", "replace")
     assert "on_undecided=replace ends the undecided experiment" in replaced.stderr
