@@ -19,3 +19,4 @@ echo "== pip install -e .[test]"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 bash scripts/build-kube.sh  # etcd and kube-apiserver for tests/cluster, built once per version
 bash scripts/build-kfp-compiler.sh  # the KFP backend's Argo compiler, built once per KFP release
+bash scripts/build-seldon-operator.sh  # Seldon Core v1's operator, built once per release
