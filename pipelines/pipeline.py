@@ -27,17 +27,19 @@ STEP_NAMES = (
 
 
 def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any]:
-    """Store the new model, build its image, deploy it as arm B, smoke-test and promote: the half of the
-    DAG that runs only when there is a new model to test. Returns its tasks."""
+    """Build the serving image, store the new model, deploy it as arm B, smoke-test and promote: the
+    half of the DAG that runs only when there is a new model to test. Returns its tasks. The store
+    waits for the image build, so a build that fails leaves no stored version behind (a failed deploy
+    or smoke test deletes the one it was given)."""
+    image = steps.build_image(builder=params["builder"], image_repo=params["image_repo"],
+                              base_image=params["base_image"], artifact_root=params["artifact_root"])
     stored = steps.store(
         model=trained.outputs["model"],
         summary=trained.outputs["summary"],
         artifact_root=params["artifact_root"],
         model_name=params["model_name"],
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-    )
-    image = steps.build_image(builder=params["builder"], image_repo=params["image_repo"],
-                              base_image=params["base_image"], artifact_root=params["artifact_root"])
+    ).after(image)
     with dsl.If(image.outputs["kaniko_needed"] == True, name="kaniko-build-needed"):  # noqa: E712 - a KFP condition
         kaniko = kaniko_build(context_uri=image.outputs["context_uri"], image=image.outputs["image_ref"])
     with dsl.Else(name="no-kaniko-build"):

@@ -56,3 +56,11 @@ def test_a_failed_smoke_deletes_its_version_and_a_passed_run_prunes(data_dir: Pa
     challenger = served.model_b_uri.rstrip("/").rsplit("/", 1)[-1]
     assert sorted(versions(data_dir)) == sorted([champion.version, challenger]), "both arms' versions stay"
     assert "retention kept 2 version(s) of iris, deleted none" in passed.stderr
+
+
+def test_a_failed_image_build_stores_nothing(data_dir: Path) -> None:
+    """The store step waits for the image build: a base image nobody can pull fails the build first."""
+    failed = run(data_dir, free_port(), "--builder", "buildah", "--base-image", "registry.invalid/abflow/python:3.11")
+    assert failed.returncode == 1 and "step 'build-image' failed" in failed.stderr, failed.stderr
+    assert "] store ..." not in failed.stderr
+    assert versions(data_dir) == []
