@@ -152,6 +152,19 @@ def v2_body(rows: list[list[float]]) -> bytes:
     ).encode()
 
 
+def abflow_v2_body(rows: list[list[float]]) -> bytes:
+    """An Open Inference Protocol request as abflow serves it: one FP64 input, the probabilities out."""
+    data = [value for row in rows for value in row]
+    tensor = {"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64", "data": data}
+    return json.dumps({"inputs": [tensor], "outputs": [{"name": "probabilities"}]}).encode()
+
+
+def abflow_v2_rows(response: dict[str, Any]) -> list[list[float]]:
+    output = next(o for o in response["outputs"] if o["name"] == "probabilities")
+    rows, width = output["shape"]
+    return [output["data"][i * width : (i + 1) * width] for i in range(rows)]
+
+
 def seldon_rows(response: dict[str, Any]) -> list[list[float]]:
     data = response["data"]
     if "ndarray" in data:
@@ -192,15 +205,21 @@ def abflow_executable() -> str:
 
 
 def abflow_target(
-    key: str, label: str, graph: Path, nodes: list[str], model_dir: Path, rows: list[list[float]]
+    key: str, label: str, graph: Path, nodes: list[str], model_dir: Path, rows: list[list[float]], *, v2: bool = False
 ) -> Target:
+    """``v2``: the same graph over the Open Inference Protocol, addressed as one model by its name."""
     port = free_port()
-    spec = json.loads(graph.read_text())["spec"]
+    document = json.loads(graph.read_text())
+    spec = document["spec"]
     base = f"http://127.0.0.1:{port}"
     oauth = (f"{base}/oauth/token", spec["oauth_key"], spec["oauth_secret"]) if "oauth_key" in spec else None
     command = [abflow_executable(), "serve", str(graph), "--port", str(port)]
     for node in nodes:
         command += ["--model", f"{node}={model_dir}"]
+    if v2:
+        url = f"{base}/v2/models/{document['metadata']['name']}/infer"
+        return Target(key, label, command, REPO, dict(os.environ), url, abflow_v2_body([TUTORIAL_ROW]),
+                      {"v2": abflow_v2_body(rows)}, abflow_v2_rows, oauth)
     return Target(
         key,
         label,
@@ -291,6 +310,15 @@ def build_targets(keys: list[str], model_dir: Path, work: Path) -> list[Target]:
             ["classifier-1", "classifier-2"],
             model_dir,
             rows,
+        ),
+        "abflow-ab-v2": lambda: abflow_target(
+            "abflow-ab-v2",
+            "abflow A/B graph, Open Inference Protocol",
+            TUTORIAL / "ab_test.json",
+            ["classifier-1", "classifier-2"],
+            model_dir,
+            rows,
+            v2=True,
         ),
         "abflow-single": lambda: abflow_target(
             "abflow-single",
@@ -522,7 +550,7 @@ def write_model(folder: Path) -> Path:
 
 # --- main ------------------------------------------------------------------------------------------
 
-SERVERS = ["abflow-ab", "abflow-single", "seldon", "mlserver"]
+SERVERS = ["abflow-ab", "abflow-ab-v2", "abflow-single", "seldon", "mlserver"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
