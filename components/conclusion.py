@@ -114,8 +114,9 @@ def rules_from(alpha: float, min_feedback: int, max_duration_hours: float) -> Ru
 
 
 def conclude_experiment(artifact_root: str, model_name: str, *, on_undecided: str, rules: Rules, run_id: str,
-                        local_state_dir: str, now: float | None = None) -> Conclusion:
-    """Find the running experiment of ``model_name``, decide it with ``rules`` and act (module docstring)."""
+                        local_state_dir: str, namespace: str = "", now: float | None = None) -> Conclusion:
+    """Find the running experiment of ``model_name``, decide it with ``rules`` and act (module docstring).
+    A moved split is redeployed under ``local_state_dir`` (local target) or in ``namespace`` (seldon)."""
     check_on_undecided(on_undecided)
     experiment = running_experiment(artifact_root, model_name)
     if experiment is None:
@@ -147,7 +148,7 @@ def conclude_experiment(artifact_root: str, model_name: str, *, on_undecided: st
                f"; the split stays at {experiment.ratio_a:g} until every guardrail has passed")
         return _conclude(artifact_root, experiment, decision, outcomes, facts, WAITING,
                          f"the run stops here and retrains nothing{why}", run_id, proceed=False, ends_it=False)
-    source, why_not = _move_split(experiment, ratio, local_state_dir)
+    source, why_not = _move_split(experiment, ratio, local_state_dir, namespace)
     if source is None:
         return _conclude(artifact_root, experiment, decision, outcomes, facts, WAITING,
                          f"the run stops here and retrains nothing; {why_not}", run_id, proceed=False,
@@ -169,12 +170,19 @@ def _promote(artifact_root: str, model_name: str, experiment: Experiment, run_id
     return PROMOTED, f"champion is now {champion.version}"
 
 
-def _move_split(experiment: Experiment, ratio: float, local_state_dir: str) -> tuple[str | None, str]:
-    """Redeploy the experiment's endpoint with the champion's share ``ratio``; returns the new release's
-    outcome source, or ``None`` and why the split could not move."""
-    if experiment.target != "local":
-        return None, (f"moving the split of a {experiment.target} deployment is not supported yet: it stays at "
-                      f"{experiment.ratio_a:g}")
+def _move_split(experiment: Experiment, ratio: float, local_state_dir: str,
+                namespace: str) -> tuple[str | None, str]:
+    """Redeploy the experiment's endpoint with the champion's share ``ratio``; returns where the
+    outcomes of the new release are read, or ``None`` and why the split could not move."""
+    if experiment.target == "seldon":
+        from abflow.components.seldon_deploy import SplitNotMoved, move_split_seldon
+
+        try:
+            move_split_seldon(name=experiment.deployment_name, namespace=namespace, ratio_a=ratio,
+                              experiment_id=experiment.id)
+        except SplitNotMoved as why:
+            return None, f"{why}; the split stays at {experiment.ratio_a:g}"
+        return experiment.outcomes[-1], ""  # Prometheus, whatever the split: the same source
     from abflow.components.deployment import current_deployment, deploy_local
 
     state_root = Path(local_state_dir)

@@ -38,7 +38,7 @@ from abflow.components.seldon_manifests import (
     SELDON_PLURAL,
     render_seldon_deployment,
 )
-from abflow.serving.graph import ab_graph
+from abflow.serving.graph import RANDOM_ABTEST, RATIO_PARAMETER, ab_graph, check_ratio
 
 SELDON_VERSION = "v1"
 AVAILABLE = "Available"
@@ -72,6 +72,10 @@ class _Conflict(Exception):
 
 class SeldonRollbackConflict(SeldonDeployError):
     """Not rolled back: the SeldonDeployment changed after this deploy (another run deployed since)."""
+
+
+class SplitNotMoved(SeldonDeployError):
+    """The SeldonDeployment whose split was to move is gone or serves another experiment: nothing changed."""
 
 
 class SeldonTimeoutError(SeldonDeployError):
@@ -219,6 +223,53 @@ def deploy_ab_seldon(
         experiment_id=experiment_id,
     )
     return deploy_seldon(manifest, namespace=namespace, timeout=timeout, ingress_url=ingress_url, api_client=api_client)
+
+
+def move_split_seldon(
+    *,
+    name: str,
+    namespace: str,
+    ratio_a: float,
+    experiment_id: str,
+    timeout: float = 600,
+    api_client: Any = None,
+) -> DeploymentRecord:
+    """Set the ``ratioA`` of the RANDOM_ABTEST router of the SeldonDeployment serving experiment
+    ``experiment_id`` (its predictors' ``version`` label) and wait until it serves, keeping the rest
+    of the live spec as it is (images, model URIs, labels): a ``ratio_schedule`` step on a cluster,
+    through the same guarded apply, wait and rollback-on-timeout as a deploy. ``SplitNotMoved`` when
+    the object is gone or serves another experiment."""
+    ratio = check_ratio(ratio_a)
+    api = _Api(api_client or _default_api_client(), namespace)
+    current = api.get(name)
+    where = f"SeldonDeployment {namespace}/{name}"
+    if current is None:
+        raise SplitNotMoved(f"{where} does not exist any more, so the split of experiment {experiment_id} cannot move")
+    spec = json.loads(json.dumps(current.get("spec") or {}))
+    predictors = spec.get("predictors") or []
+    serving = sorted({str((p.get("labels") or {}).get("version", "")) for p in predictors})
+    if serving != [experiment_id]:
+        raise SplitNotMoved(f"{where} serves experiment {', '.join(serving) or '(none)'}, not {experiment_id}: "
+                            "its split is left alone")
+    routers = [node for p in predictors for node in _mutable_nodes(p.get("graph") or {})
+               if node.get("implementation") == RANDOM_ABTEST]
+    if not routers:
+        raise SplitNotMoved(f"{where} has no {RANDOM_ABTEST} router whose split could move")
+    for router in routers:
+        parameters = [dict(parameter) for parameter in router.get("parameters") or []
+                      if parameter.get("name") != RATIO_PARAMETER]
+        router["parameters"] = [{"name": RATIO_PARAMETER, "value": repr(ratio), "type": "FLOAT"}, *parameters]
+    manifest = {
+        "apiVersion": f"{SELDON_GROUP}/{SELDON_VERSION}",
+        "kind": "SeldonDeployment",
+        "metadata": {"name": name, **_restorable(current)["metadata"]},
+        "spec": spec,
+    }
+    return deploy_seldon(manifest, namespace=namespace, timeout=timeout, api_client=api_client)
+
+
+def _mutable_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(leaf for child in node.get("children") or [] for leaf in _mutable_nodes(child))]
 
 
 def rollback_seldon(

@@ -26,6 +26,7 @@ def conclude(
     min_feedback: int,
     max_duration_hours: float,
     local_state_dir: str,
+    namespace: str,
     run_id: str,
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -43,6 +44,7 @@ def conclude(
         min_feedback: Feedbacks per arm before the test is asked.
         max_duration_hours: After this long without evidence the champion is kept (0: no limit).
         local_state_dir: The local target's state root, where a moved split is redeployed.
+        namespace: The seldon target's namespace, where a moved split is applied.
 
     Returns:
         Whether the run goes on to train a new challenger. (A single output on purpose: KFP's local
@@ -53,7 +55,7 @@ def conclude(
 
     conclusion = conclude_experiment(artifact_root, model_name, on_undecided=on_undecided,
                                      rules=rules_from(alpha, min_feedback, max_duration_hours), run_id=run_id,
-                                     local_state_dir=local_state_dir)
+                                     local_state_dir=local_state_dir, namespace=namespace)
     for name, value in conclusion.as_metrics().items():
         metrics.log_metric(name, value)
     with open(report.path, "w", encoding="utf-8") as handle:

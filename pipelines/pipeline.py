@@ -160,6 +160,7 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
             min_feedback=min_feedback,
             max_duration_hours=max_duration_hours,
             local_state_dir=local_state_dir,
+            namespace=namespace,
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
         tasks = [concluded]
