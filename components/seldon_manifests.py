@@ -126,7 +126,7 @@ def render_seldon_deployment(
         ]
         if graph.router is not None and needs_router_server(graph.router):
             router_image = image or next(iter(node_images.values()), None)
-            router_pod = _serve_router(predictor["graph"], graph.router, router_image, graph.name)
+            router_pod = _serve_router(predictor["graph"], graph.router, router_image, graph.name, experiment_id)
             predictor["componentSpecs"].append(router_pod)
     return manifest
 
@@ -137,9 +137,11 @@ def needs_router_server(router: RouterNode) -> bool:
     return router.implementation != RANDOM_ABTEST or router.unit is not None
 
 
-def _serve_router(node: dict[str, Any], router: RouterNode, image: str | None, graph_name: str) -> dict[str, Any]:
+def _serve_router(node: dict[str, Any], router: RouterNode, image: str | None, graph_name: str,
+                  experiment_id: str) -> dict[str, Any]:
     """Rewrite the router node as a custom ROUTER on abflow's image and return its pod: one replica, so
-    one state learns from every feedback (Seldon's orchestrator sends each to the router that chose)."""
+    one state learns from every feedback (Seldon's orchestrator sends each to the router that chose).
+    The experiment id, when there is one, salts a sticky split as it does under ``abflow serve``."""
     if image is None:
         raise ValueError(f"router {router.name!r} ({router.implementation}{', sticky' if router.unit else ''}) runs "
                          "abflow's router server, which needs abflow's serving image: pass --image")
@@ -151,6 +153,8 @@ def _serve_router(node: dict[str, Any], router: RouterNode, image: str | None, g
     bare = dataclasses.replace(router, children=(first, second))
     args = ["--node", json.dumps(render_router_node(bare), separators=(",", ":")), "--graph-name", graph_name,
             "--host", "0.0.0.0", "--port", str(SERVING_PORT)]
+    if experiment_id:
+        args += ["--experiment", experiment_id]
     for key in ("implementation", "parameters"):
         node.pop(key, None)
     node["type"] = "ROUTER"

@@ -60,6 +60,15 @@ def test_a_sticky_or_bandit_router_is_a_router_node_on_abflows_image(variant: st
     assert args[args.index("--graph-name") + 1] == graph.name
 
 
+def test_the_experiment_id_salts_the_router_on_the_cluster_as_it_does_locally() -> None:
+    manifest = render_seldon_deployment(VARIANTS["sticky-tag"](), image=IMAGE, namespace="models",
+                                        experiment_id="iris-20261203-1")
+    pods = manifest["spec"]["predictors"][0]["componentSpecs"]
+    (router,) = [pod["spec"]["containers"][0] for pod in pods if pod["spec"]["containers"][0]["name"] ==
+                 "random-ab-test"]
+    assert router["args"][router["args"].index("--experiment") + 1] == "iris-20261203-1"
+
+
 def test_a_plain_split_stays_seldons_own_random_abtest() -> None:
     manifest = render_seldon_deployment(ab_graph("iris-ab", URI_A, URI_B, 0.3), image=IMAGE, namespace="models")
     predictor = manifest["spec"]["predictors"][0]
