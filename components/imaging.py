@@ -198,7 +198,7 @@ class ImageRefs:
 def image_refs(repo: str, *, base_image: str = DEFAULT_BASE_IMAGE, repo_root: Path | None = None) -> ImageRefs:
     """The components image and serving repository under ``repo`` (``REGISTRY/PATH``), as
     ``abflow images push --repo`` pushes them and ``abflow compile --image-repo`` names them."""
-    _check_repo(repo)
+    check_repo(repo)
     with tempfile.TemporaryDirectory(prefix="abflow-components-") as folder:
         context = make_components_build_context(Path(folder) / "ctx", base_image=base_image, repo_root=repo_root)
     prefix = repo.rstrip("/")
@@ -271,7 +271,7 @@ def build_image(
     with self-signed certificates. ``storage_root`` is buildah's storage (default: a per-user cache, so
     base layers are pulled once).
     """
-    _check_repo(image_repo)
+    check_repo(image_repo)
     ref = f"{image_repo}:{context.tag}"
     resolved = resolve_builder(builder)
 
@@ -302,7 +302,7 @@ def build_image(
     return result(pushed=push, skipped=False)
 
 
-def _check_repo(image_repo: str) -> None:
+def check_repo(image_repo: str) -> None:
     last = image_repo.rsplit("/", 1)[-1]
     if not image_repo or ":" in last or "@" in image_repo or image_repo != image_repo.strip():
         raise ValueError(

@@ -136,6 +136,13 @@ def parameter_problems(values: Mapping[str, Any], spell: Spelling = flag) -> lis
             check_name(str(values["model_name"]))
         except ValueError as error:
             problems.append(f"{spell('model_name')}: {error}")
+    if "image_repo" in values:
+        from abflow.components.imaging import check_repo
+
+        try:
+            check_repo(str(values["image_repo"]))
+        except ValueError as error:
+            problems.append(f"{spell('image_repo')}: {error}")
     return problems
 
 
@@ -160,6 +167,16 @@ def machine_problems(values: Mapping[str, Any], spell: Spelling = flag) -> list[
         elif builder == "docker" and not docker_answers():
             problems.append(f"{spell('builder')} docker cannot run here: no docker daemon answers `docker info`; "
                             f"start one, or {fallback}")
+    from abflow.components.datasets import BUNDLED_IRIS
+
+    data_uri = str(values.get("data_uri", BUNDLED_IRIS))
+    if data_uri != BUNDLED_IRIS and not data_uri.startswith("gs://"):
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(data_uri).path)) if data_uri.startswith("file://") else Path(data_uri)
+        if not path.expanduser().is_file():
+            problems.append(f"{spell('data_uri')} {data_uri}: no such file here; pass a CSV path, a file:// or "
+                            f"gs:// URI, or {spell('data_uri')} {BUNDLED_IRIS} for the bundled data")
     port = values.get("local_port")
     if values.get("target") == "local" and isinstance(port, int) and BOUNDS["local_port"].admits(port):
         from abflow.components.deployment import port_in_use

@@ -49,11 +49,23 @@ def refused(data_dir: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> 
         (("--on-undecided", "later"), "--on-undecided must be one of wait, replace, got 'later'"),
         (("--target", "kserve"), "--target must be one of local, seldon, got 'kserve'"),
         (("--model-name", "Iris"), "--model-name: model name 'Iris' must be 1-63 lower-case letters"),
+        (("--image-repo", "localhost:5000/iris:v1"), "--image-repo: image_repo must be a repository without tag"),
+        (("--data-uri", "no-such.csv"), "--data-uri no-such.csv: no such file here; pass a CSV path"),
+        (("--data-uri", "file:///no/such.csv"), "--data-uri file:///no/such.csv: no such file here"),
     ],
 )
 def test_a_bad_flag_fails_at_once_naming_the_flag(data_dir: Path, capsys: pytest.CaptureFixture[str],
                                                   flags: tuple[str, ...], message: str) -> None:
     assert message in refused(data_dir, capsys, *flags)
+
+
+def test_a_csv_that_exists_passes(tmp_path: Path) -> None:
+    from abflow.pipelines.parameters import machine_problems
+
+    csv = tmp_path / "iris.csv"
+    csv.write_text("sepallengthcm,sepalwidthcm,petallengthcm,petalwidthcm,species\n5.1,3.5,1.4,0.2,setosa\n")
+    for uri in (str(csv), csv.as_uri()):
+        assert machine_problems({"data_uri": uri, "builder": "none", "target": "seldon"}) == []
 
 
 def test_every_problem_is_reported_at_once(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
