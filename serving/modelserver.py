@@ -85,7 +85,8 @@ class ModelServer:
             self.routes.add("GET", path, self.ping)
         for path in ("/ready", "/health/status"):
             self.routes.add("GET", path, self.status)
-        self.routes.add("GET", "/metrics", self.prometheus)
+        for path in ("/metrics", "/prometheus"):  # /prometheus: Seldon's Python wrapper's path for them
+            self.routes.add("GET", path, self.prometheus)
         # The Open Inference Protocol, this model under its node name.
         for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{name}/ready"):
             self.routes.add("GET", path, self.v2_ready)

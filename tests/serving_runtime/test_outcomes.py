@@ -278,6 +278,8 @@ def test_a_model_server_on_a_cluster_labels_its_metrics_from_seldons_environment
             assert requests.post(f"{url}/send-feedback", json=body, timeout=10).status_code == 200
         assert requests.post(f"{url}/send-feedback", json={"reward": 1e9}, timeout=10).status_code == 400
         text = requests.get(f"{url}/metrics", timeout=10).text
+        seldons_path = requests.get(f"{url}/prometheus", timeout=10)
+        assert seldons_path.status_code == 200 and "seldon_api_model_feedback_total{" in seldons_path.text
     finally:
         proc.terminate()
         proc.wait(30)
