@@ -5,7 +5,7 @@
 # release once and later runs return at once; a change to the main or its go.mod/go.sum rebuilds it.
 #
 # Measured on 2 shared cores, Go 1.26.8: cold (empty module and build caches, modules fetched from the
-# proxy) ≈ COLD_TIME; warm (binary cached) ≈ WARM_TIME.
+# proxy) ≈ 7 min (418 s, beside another Go build); warm (binary cached) ≈ 0.05 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -11,7 +11,8 @@
 # module@version` refuses, so it is built inside the downloaded module, with its own go.sum.
 #
 # Measured on 2 shared cores, Go 1.26.8: cold (empty module and build caches, modules fetched from the
-# proxy) ≈ COLD_TIME; warm (binary cached) ≈ WARM_TIME.
+# proxy, after the KFP compiler filled them with the k8s.io modules both share) ≈ 4.5 min (259 s,
+# beside another Go build); warm (binary cached) ≈ 0.05 s. On its own, modules cached: ≈ 3.8 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
