@@ -124,7 +124,7 @@ def render_seldon_deployment(
             _serve_node(node, image or node_images.get(node["name"]), service_account)
             for node in _model_nodes(predictor["graph"])
         ]
-        if graph.router is not None and needs_router_server(graph.router):
+        if graph.router is not None and needs_router_server(graph.router) and not predictor.get("shadow"):
             router_image = image or next(iter(node_images.values()), None)
             router_pod = _serve_router(predictor["graph"], graph.router, router_image, graph.name, experiment_id)
             predictor["componentSpecs"].append(router_pod)

@@ -82,6 +82,10 @@ FEEDBACK_PATHS = ("/api/v1.0/feedback", "/api/v0.1/feedback")
 ALREADY_COUNTED = "FEEDBACK_ALREADY_COUNTED"
 CONFLICT = "FEEDBACK_CONFLICT"
 METADATA_PATH = "/api/v1.0/metadata"
+SHADOW_QUEUE = 1000
+"""Predictions waiting for the shadow at most; past it a mirror is dropped (and counted), so a slow or
+dead shadow costs the served traffic nothing, not even memory."""
+SHADOW_WORKERS = 2
 V2_MODELS = "/v2/models"
 """The Open Inference Protocol's models: the graph by its name (routed), and each arm by its node's."""
 PUID_HEADER = "Seldon-Puid"
@@ -120,7 +124,7 @@ class Executor:
     def __init__(self, graph: Graph, model_uris: dict[str, str], arms: Sequence[Arm], *,
                  router: Router | None = None, metrics: ExecutorMetrics | None = None, experiment: str | None = None,
                  limits: EndpointLimits | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-                 ledger: OutcomeLedger | None = None) -> None:
+                 ledger: OutcomeLedger | None = None, shadow: Arm | None = None) -> None:
         nodes = graph.model_nodes()
         if [arm.name for arm in arms] != [node.name for node in nodes]:
             raise ValueError(f"arms {[a.name for a in arms]} do not match the graph's MODEL nodes "
@@ -144,6 +148,10 @@ class Executor:
         salt = (experiment or graph.name) if self._unit is not None else None
         self.router = router if router is not None or node is None else make_router(node, salt=salt)
         self._arm_names = tuple(n.name for n in nodes)
+        self.shadow = shadow
+        self._shadow_queue: asyncio.Queue[tuple[Rows, Any]] | None = None
+        self._shadow_workers: list[asyncio.Task[None]] = []
+        self.shadow_counts = {"answered": 0, "error": 0, "dropped": 0, "agree": 0, "disagree": 0}
         if router is None and self.router is not None and ledger is not None and experiment:
             self.router.restore(stats_from_outcomes(read_outcomes(ledger.path, experiment), self._arm_names))
         self._route_headers = tuple(((ROUTE_HEADER, f":{n.name}:"),) if node is not None else () for n in nodes)
@@ -244,6 +252,8 @@ class Executor:
                 puid = (None if oip else request.puid) or new_puid()
                 body = await self._off_loop(large, encode, request, probabilities, index, puid)
                 self._puids.remember(puid, index)
+                if self.shadow is not None:
+                    self._mirror(request.features, probabilities)
                 reply = Reply(200, body, headers=(*self._route_headers[index], (PUID_HEADER, puid)))
             except SeldonError as exc:
                 reply = Reply(exc.code, error_body(exc.info) if oip else exc.body())
@@ -331,9 +341,14 @@ class Executor:
                 arm.update(routed=stats.routed, feedback=stats.feedback, mean_reward=stats.mean_reward)
         up = sum(arm["up"] for arm in arms)
         status = "ok" if up == len(arms) else "degraded" if up else "down"
-        body = {"status": status, "graph": self.graph.name, "router": self._router_name,
-                "ratioA": self.graph.router.ratio_a if self.graph.router else None,
-                "unit": self.graph.router.unit if self.graph.router else None, "arms": arms}
+        body: dict[str, Any] = {"status": status, "graph": self.graph.name, "router": self._router_name,
+                                "ratioA": self.graph.router.ratio_a if self.graph.router else None,
+                                "unit": self.graph.router.unit if self.graph.router else None, "arms": arms}
+        if self.shadow is not None:
+            counts = self.shadow_counts
+            compared = counts["agree"] + counts["disagree"]
+            body["shadow"] = {"name": self.shadow.name, "up": self.shadow.up, **counts,
+                              "agreement": counts["agree"] / compared if compared else None}
         return Reply(200 if up else 503, orjson.dumps(body))
 
     async def metadata(self, call: Call) -> Reply:
@@ -391,6 +406,40 @@ class Executor:
                                   self.arms[index].name, image, info.version if info is not None else "")
         self._arm_labels[index] = (info, arm_labels)
         return arm_labels
+
+    def _mirror(self, rows: Rows, served: Rows) -> None:
+        """Queue a served request for the shadow and return at once: the shadow's answer is only
+        compared (most probable class, row by row) with what was served, never waited for."""
+        if self._shadow_queue is None:
+            self._shadow_queue = asyncio.Queue(SHADOW_QUEUE)
+            loop = asyncio.get_running_loop()
+            self._shadow_workers = [loop.create_task(self._shadow_worker()) for _ in range(SHADOW_WORKERS)]
+        try:
+            self._shadow_queue.put_nowait((rows, served.argmax(axis=1)))
+        except asyncio.QueueFull:
+            self._count_shadow("dropped")
+
+    async def _shadow_worker(self) -> None:
+        assert self.shadow is not None and self._shadow_queue is not None
+        while True:
+            rows, served = await self._shadow_queue.get()
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(self.limits.request_deadline):
+                    answer = await self.shadow.predict(rows)
+                agree = int((answer.argmax(axis=1) == served).sum())
+            except Exception:  # noqa: BLE001 - whatever the shadow does, the served traffic never sees it
+                self._count_shadow("error", time.perf_counter() - started)
+                continue
+            self._count_shadow("answered", time.perf_counter() - started, agree, len(served) - agree)
+
+    def _count_shadow(self, result: str, seconds: float | None = None, agree: int = 0, disagree: int = 0) -> None:
+        assert self.shadow is not None
+        counts = self.shadow_counts
+        counts[result] += 1
+        counts["agree"] += agree
+        counts["disagree"] += disagree
+        self.metrics.shadow(self.shadow.name, result, seconds, agree, disagree)
 
     def _route(self, call: Call, request: PredictionRequest | InferRequest) -> int:
         """The arm a request goes to: the one its route header pins, else the router's choice, by the

@@ -101,7 +101,9 @@ class Graph:
     """One predictor's graph plus the deployment-level settings the executor honours.
 
     ``annotations`` are the predictor's annotations (e.g. the tutorial's ``predictor_version``),
-    held read-only so a parsed graph can be shared between threads without copying.
+    held read-only so a parsed graph can be shared between threads without copying. ``shadow`` is the
+    MODEL node of a second predictor marked ``shadow: true`` (named ``shadow_predictor``), which gets
+    a copy of every request and whose answers are compared, never returned.
     """
 
     name: str
@@ -111,6 +113,8 @@ class Graph:
     oauth_secret: str | None = None
     api_version: str = DEFAULT_API_VERSION
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    shadow: ModelNode | None = None
+    shadow_predictor: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.annotations, MappingProxyType):
@@ -120,12 +124,16 @@ class Graph:
         """Pickle the annotations as a plain dict (a mappingproxy cannot be pickled), so a graph can
         be handed to a worker process."""
         fields = (self.name, self.predictor, self.root, self.oauth_key, self.oauth_secret, self.api_version)
-        return type(self), (*fields, dict(self.annotations))
+        return type(self), (*fields, dict(self.annotations), self.shadow, self.shadow_predictor)
 
     def model_nodes(self) -> tuple[ModelNode, ...]:
         if isinstance(self.root, RouterNode):
             return self.root.children
         return (self.root,)
+
+    def served_nodes(self) -> tuple[ModelNode, ...]:
+        """Every MODEL node that runs: the serving predictor's, then the shadow's."""
+        return (*self.model_nodes(), *([self.shadow] if self.shadow is not None else []))
 
     @property
     def router(self) -> RouterNode | None:
@@ -145,7 +153,7 @@ def parse_graph(document: Mapping[str, Any]) -> Graph:
     if not isinstance(name, str) or not name:
         raise GraphError("metadata.name is missing: give the SeldonDeployment a name")
     spec = _mapping(document.get("spec"), "spec", required=True)
-    predictor = _single_predictor(spec.get("predictors"))
+    predictor, shadow_predictor = _predictors(spec.get("predictors"))
     predictor_name = predictor.get("name")
     if not isinstance(predictor_name, str) or not predictor_name:
         raise GraphError("spec.predictors[0].name is missing: give the predictor a name")
@@ -154,6 +162,9 @@ def parse_graph(document: Mapping[str, Any]) -> Graph:
     images = _container_images(predictor.get("componentSpecs"))
     root = _parse_node(predictor["graph"], images, "spec.predictors[0].graph", top=True)
     names = [root.name] + [child.name for child in getattr(root, "children", ())]
+    shadow = _parse_shadow(shadow_predictor) if shadow_predictor is not None else None
+    if shadow is not None:
+        names.append(shadow.name)
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise GraphError(f"node name {duplicates[0]!r} is used more than once: give every graph node a distinct name")
@@ -165,6 +176,8 @@ def parse_graph(document: Mapping[str, Any]) -> Graph:
         oauth_secret=_optional_str(spec.get("oauth_secret"), "spec.oauth_secret"),
         api_version=api_version,
         annotations=_annotations(predictor.get("annotations"), predictor_name),
+        shadow=shadow,
+        shadow_predictor=shadow_predictor.get("name") if shadow_predictor is not None else None,
     )
 
 
@@ -183,7 +196,7 @@ def load_graph(path: str | Path) -> Graph:
 
 def resolve_model_uris(graph: Graph, overrides: Mapping[str, str]) -> dict[str, str]:
     """Decide which model every MODEL node serves: ``--model NODE=URI`` wins over the node's modelUri."""
-    nodes = {node.name: node for node in graph.model_nodes()}
+    nodes = {node.name: node for node in graph.served_nodes()}
     unknown = sorted(set(overrides) - nodes.keys())
     if unknown:
         raise GraphError(
@@ -288,6 +301,13 @@ def to_seldon_deployment(graph: Graph) -> dict[str, Any]:
     if graph.annotations:
         predictor["annotations"] = dict(graph.annotations)
     spec["predictors"] = [predictor]
+    if graph.shadow is not None:
+        shadow: dict[str, Any] = {"name": graph.shadow_predictor or "shadow", "shadow": True,
+                                  "graph": _render_node(graph.shadow)}
+        if graph.shadow.image:
+            shadow["componentSpecs"] = [{"spec": {"containers": [{"name": graph.shadow.name,
+                                                                  "image": graph.shadow.image}]}}]
+        spec["predictors"].append(shadow)
     return {
         "apiVersion": graph.api_version,
         "kind": KIND,
@@ -334,18 +354,34 @@ def _parse_api_version(value: object) -> str:
     return value
 
 
-def _single_predictor(predictors: object) -> Mapping[str, Any]:
+def _predictors(predictors: object) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
+    """The one serving predictor and, if there is one, the predictor marked ``shadow: true``."""
     if predictors is None:
         raise GraphError("spec.predictors is missing: a SeldonDeployment needs exactly one predictor")
     if not isinstance(predictors, list) or not predictors:
         raise GraphError("spec.predictors must be a non-empty list holding exactly one predictor")
-    if len(predictors) > 1:
+    parsed = [_mapping(p, f"spec.predictors[{i}]", required=True) for i, p in enumerate(predictors)]
+    shadows = [p for p in parsed if p.get("shadow") is True]
+    serving = [p for p in parsed if p.get("shadow") is not True]
+    if len(serving) != 1 or len(shadows) > 1:
         raise GraphError(
-            f"spec.predictors has {len(predictors)} predictors; abflow runs exactly one "
-            "(splitting traffic between predictors is not supported): put the A/B split in one "
-            "predictor's graph with a RANDOM_ABTEST router"
+            f"spec.predictors has {len(serving)} serving and {len(shadows)} shadow predictors; abflow runs "
+            "exactly one, plus at most one marked \"shadow\": true (splitting traffic between predictors is "
+            "not supported): put the A/B split in one predictor's graph with a RANDOM_ABTEST router"
         )
-    return _mapping(predictors[0], "spec.predictors[0]", required=True)
+    return serving[0], shadows[0] if shadows else None
+
+
+def _parse_shadow(predictor: Mapping[str, Any]) -> ModelNode:
+    """A shadow predictor's graph: one MODEL node (a challenger tried on mirrored traffic)."""
+    name = predictor.get("name")
+    if not isinstance(name, str) or not name:
+        raise GraphError("the shadow predictor has no name: give it one")
+    node = _parse_node(predictor.get("graph"), _container_images(predictor.get("componentSpecs")),
+                       f"graph of shadow predictor {name!r}", top=True)
+    if not isinstance(node, ModelNode):
+        raise GraphError(f"shadow predictor {name!r} has a router; a shadow is one MODEL node: give it one model")
+    return node
 
 
 def _container_images(component_specs: object) -> dict[str, str]:

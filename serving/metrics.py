@@ -66,6 +66,14 @@ class ServingMetrics:
         self._sticky_fallbacks = Counter("abflow_sticky_fallbacks", "Predictions of a sticky graph that named no "
                                          "unit of assignment and were split at random, by router node",
                                          ["router"], registry=self.registry)
+        self._shadow = Counter("abflow_shadow_requests", "Predictions mirrored to the shadow, by shadow and result: "
+                               "answered, error, or dropped (its queue was full)", ["shadow", "result"],
+                               registry=self.registry)
+        self._shadow_rows = Counter("abflow_shadow_rows", "Rows the shadow answered, by whether its most probable "
+                                    "class agreed with the served answer's", ["shadow", "agreement"],
+                                    registry=self.registry)
+        self._shadow_latency = Histogram("abflow_shadow_duration_seconds", "Shadow prediction latency", ["shadow"],
+                                         buckets=LATENCY_BUCKETS, registry=self.registry)
         self.inflight = 0
         self.connections = 0
         self.buffered_bytes = 0
@@ -102,6 +110,16 @@ class ServingMetrics:
 
     def sticky_fallback(self, router: str) -> None:
         self._sticky_fallbacks.labels(router).inc()
+
+    def shadow(self, shadow: str, result: str, seconds: float | None = None, agree: int = 0,
+               disagree: int = 0) -> None:
+        self._shadow.labels(shadow, result).inc()
+        if seconds is not None:
+            self._shadow_latency.labels(shadow).observe(seconds)
+        if agree:
+            self._shadow_rows.labels(shadow, "agree").inc(agree)
+        if disagree:
+            self._shadow_rows.labels(shadow, "disagree").inc(disagree)
 
     def feedback(self, arm: str, reward: float) -> None:
         self._feedback.labels(arm).observe(reward)

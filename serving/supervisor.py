@@ -228,7 +228,7 @@ async def _run(graph: Graph, graph_path: Path, uris: dict[str, str], sock: socke
     runtime = runtime_dir()
     arms = [ArmProcess(i, node, uris[node.name], str(runtime / f"arm{i}.sock"), zygote,
                        allow_unverified=allow_unverified, graph=graph, experiment=experiment)
-            for i, node in enumerate(graph.model_nodes())]
+            for i, node in enumerate(graph.served_nodes())]
     try:
         log(f"starting graph {graph.name!r}: {len(arms)} model server(s) in parallel")
         if not await _start_arms(arms, stop):
@@ -243,8 +243,10 @@ async def _run(graph: Graph, graph_path: Path, uris: dict[str, str], sock: socke
             link.start_probing(arm.replace_hung)
         if sock is None:
             sock = take_over(host, port)
-        endpoint = await start_http(Executor(graph, uris, links, experiment=experiment, ledger=ledger), host, 0,
-                                    sock=sock)
+        served = len(graph.model_nodes())  # then the shadow's, if there is one
+        executor = Executor(graph, uris, links[:served], experiment=experiment, ledger=ledger,
+                            shadow=links[served] if graph.shadow is not None else None)
+        endpoint = await start_http(executor, host, 0, sock=sock)
         supervisors = [asyncio.ensure_future(arm.supervise()) for arm in arms]
         url = _url(host, endpoint.port)
         _announce(graph, graph_path, url)
