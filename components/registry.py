@@ -114,7 +114,7 @@ def publish_model(root_uri: str, name: str, train: TrainResult, *, run_id: str,
     Publishing the same bytes under the same version again (a retried step) returns the stored
     version; a different model under an existing version is refused."""
     now = datetime.now(UTC)
-    version = _check_version(version) if version is not None else new_version(now)
+    version = check_version(version) if version is not None else new_version(now)
     store = open_writable_store(root_uri)
     folder = _model_key(name, version)
     sha = sha256_of(train.model_bytes)
@@ -161,7 +161,7 @@ def publish_model(root_uri: str, name: str, train: TrainResult, *, run_id: str,
 def read_model(root_uri: str, name: str, version: str) -> PublishedModel:
     """A published version, from its ``metadata.json``."""
     store = open_store(root_uri)
-    folder = _model_key(name, _check_version(version))
+    folder = _model_key(name, check_version(version))
     metadata = ModelMetadata.from_json(store.read_bytes(f"{folder}/{METADATA_FILE}"))
     return PublishedModel(name=name, version=version, uri=store.uri_for(folder), sha256=metadata.sha256,
                           metadata=metadata)
@@ -282,7 +282,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _check_version(version: str) -> str:
+def check_version(version: str) -> str:
     if not _VERSION.fullmatch(version) or version == CHAMPION_FILE:
         raise ValueError(
             f"model version {version!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a "

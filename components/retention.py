@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from abflow.components.experiment import RUNNING, ExperimentError, list_experiments
-from abflow.components.registry import check_name, read_champion
+from abflow.components.registry import check_name, check_version, read_champion
 from abflow.components.store_writes import WritableStore, open_writable_store
 from abflow.serving.artifact import METADATA_FILE, ModelMetadata
 from abflow.serving.store import StoreError
@@ -141,7 +141,7 @@ def served_locally(local_state_dir: str) -> list[str]:
 
 
 def _delete(store: WritableStore, model_name: str, version: str) -> None:
-    store.delete_folder(f"models/{check_name(model_name)}/{version}", METADATA_FILE)
+    store.delete_folder(f"models/{check_name(model_name)}/{check_version(version)}", METADATA_FILE)
 
 
 def _version_at(store: WritableStore, model_name: str, uri: str) -> str | None:

@@ -108,6 +108,15 @@ def test_a_version_being_published_is_left_alone(tmp_path: Path, model_bytes: by
     assert (half / "model.joblib").exists()
 
 
+@pytest.mark.parametrize("version", ["", "..", "v1/../..", "champion.json"])
+def test_discard_refuses_what_is_not_a_version(tmp_path: Path, model_bytes: bytes, version: str) -> None:
+    root = str(tmp_path / "store")
+    publish(root, model_bytes, ["v1"])
+    with pytest.raises(ValueError, match="model version"):
+        discard_version(root, "iris", version)
+    assert remaining(root) == ["v1"], "nothing outside a version folder is deleted"
+
+
 @pytest.mark.parametrize("keep", [0, -1, True])
 def test_keep_must_be_at_least_one(tmp_path: Path, keep: int) -> None:
     with pytest.raises(ValueError, match="keep must be at least 1"):
