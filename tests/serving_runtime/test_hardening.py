@@ -445,7 +445,9 @@ def test_an_arm_killed_or_stopped_under_load_fails_nothing_with_failover(
             client.start()
         wait_until(lambda: all(len(c.routed) > 20 for c in clients), what="the clients to be served")
         os.kill(victim, getattr(signal, fault))
-        wait_until(lambda: failovers(served, "classifier-2", clients) > 0, timeout=30, what="a failover to be counted")
+        # Polled every 0.25 s, not flat out: each scrape is parsed here, holding the GIL the clients need.
+        wait_until(lambda: failovers(served, "classifier-2", clients) > 0, timeout=30, interval=0.25,
+                   what="a failover to be counted")
         wait_until(lambda: served.health()["status"] == "ok" and graph_arms(served.proc.pid, 2)[1] != victim,
                    timeout=60, interval=0.1, what="classifier-2 to be replaced")
         counts = [len(c.routed) for c in clients]
