@@ -105,12 +105,14 @@ def check_on_undecided(on_undecided: str) -> str:
     return on_undecided
 
 
-def rules_from(alpha: float, min_feedback: int, max_duration_hours: float) -> Rules:
-    """The decision's parameters as the pipeline takes them: ``max_duration_hours`` 0 means no limit."""
+def rules_from(alpha: float, min_feedback: int, max_duration_hours: float, p99_slack_ms: float) -> Rules:
+    """The decision's parameters as the pipeline takes them: ``max_duration_hours`` 0 means no limit;
+    ``p99_slack_ms`` is the latency guardrail's slack (a loaded machine's tail latency is noisy)."""
     if max_duration_hours < 0:
         raise ValueError(f"max_duration_hours must be >= 0 (0: no limit), got {max_duration_hours}")
     return Rules(alpha=alpha, min_feedback=min_feedback,
-                 max_duration_seconds=max_duration_hours * 3600 if max_duration_hours else None)
+                 max_duration_seconds=max_duration_hours * 3600 if max_duration_hours else None,
+                 p99_slack_seconds=p99_slack_ms / 1000)
 
 
 def conclude_experiment(artifact_root: str, model_name: str, *, on_undecided: str, rules: Rules, run_id: str,

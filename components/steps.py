@@ -25,6 +25,7 @@ def conclude(
     alpha: float,
     min_feedback: int,
     max_duration_hours: float,
+    p99_slack_ms: float,
     local_state_dir: str,
     namespace: str,
     run_id: str,
@@ -43,6 +44,7 @@ def conclude(
         alpha: Level of the anytime-valid test on the difference of mean rewards.
         min_feedback: Feedbacks per arm before the test is asked.
         max_duration_hours: After this long without evidence the champion is kept (0: no limit).
+        p99_slack_ms: The p99 guardrail lets the challenger's p99 reach 1.2 x the champion's plus this.
         local_state_dir: The local target's state root, where a moved split is redeployed.
         namespace: The seldon target's namespace, where a moved split is applied.
 
@@ -54,7 +56,8 @@ def conclude(
     from abflow.components.conclusion import conclude_experiment, report_html, rules_from
 
     conclusion = conclude_experiment(artifact_root, model_name, on_undecided=on_undecided,
-                                     rules=rules_from(alpha, min_feedback, max_duration_hours), run_id=run_id,
+                                     rules=rules_from(alpha, min_feedback, max_duration_hours, p99_slack_ms),
+                                     run_id=run_id,
                                      local_state_dir=local_state_dir, namespace=namespace)
     for name, value in conclusion.as_metrics().items():
         metrics.log_metric(name, value)

@@ -55,6 +55,7 @@ PARAMETER_HELP = {
     "alpha": "level of the experiment's anytime-valid test on the difference of mean rewards",
     "min_feedback": "feedbacks per arm before the experiment's test is asked",
     "max_duration_hours": "keep the champion when the experiment has run this long without evidence (0: no limit)",
+    "p99_slack_ms": "the latency guardrail: the challenger's p99 may reach 1.2 x the champion's plus this many ms",
     "keep": "retention: after a successful run, keep this many newest model versions (plus every version the "
     "champion, a running experiment or the endpoint uses) and delete the older ones; see also `abflow gc`",
 }

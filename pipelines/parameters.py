@@ -91,6 +91,7 @@ BOUNDS: dict[str, Bounds] = {
     "min_feedback": Bounds(2, math.inf, "feedbacks per arm before the test is asked (it estimates a variance), "
                                         "e.g. 100"),
     "max_duration_hours": Bounds(0, math.inf, "hours, 0 for no limit"),
+    "p99_slack_ms": Bounds(0, math.inf, "milliseconds the challenger's p99 may exceed 1.2 x the champion's, e.g. 5"),
     "keep": Bounds(1, math.inf, "how many model versions retention keeps besides those in use, e.g. 5"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {

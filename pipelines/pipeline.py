@@ -151,6 +151,7 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
         min_feedback: int = 100,
         max_duration_hours: float = 0.0,
         keep: int = 5,
+        p99_slack_ms: float = 5.0,
     ) -> None:
         concluded = steps.conclude(
             artifact_root=artifact_root,
@@ -159,6 +160,7 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
             alpha=alpha,
             min_feedback=min_feedback,
             max_duration_hours=max_duration_hours,
+            p99_slack_ms=p99_slack_ms,
             local_state_dir=local_state_dir,
             namespace=namespace,
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,

@@ -276,6 +276,8 @@ def test_parameters_are_checked_with_the_fix() -> None:
     with pytest.raises(ValueError, match="on_undecided must be wait .* or replace .*, got 'later'"):
         conclude_experiment("/nowhere", "iris", on_undecided="later", rules=RULES, run_id="r", local_state_dir="")
     with pytest.raises(ValueError, match=r"max_duration_hours must be >= 0 \(0: no limit\)"):
-        rules_from(0.05, 100, -1)
-    assert rules_from(0.05, 100, 0).max_duration_seconds is None
-    assert rules_from(0.1, 50, 2).max_duration_seconds == 7200
+        rules_from(0.05, 100, -1, 5)
+    assert rules_from(0.05, 100, 0, 5) == Rules()
+    custom = rules_from(0.1, 50, 2, 250)
+    assert (custom.alpha, custom.min_feedback, custom.max_duration_seconds, custom.p99_slack_seconds) == (
+        0.1, 50, 7200, 0.25)

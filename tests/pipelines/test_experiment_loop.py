@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 WEAK = ("--c", "0.001", "--min-accuracy", "0.3", "--max-regression", "1")
 """A model far less accurate than the default one, let through the gate on purpose."""
 REPORT_LINE = "experiment report (conclude): "
+LOOSE_P99 = ("--p99-slack-ms", "1000")
+"""The latency guardrail loosened where a test is about rewards: a loaded machine's p99 is noise."""
 
 
 @pytest.fixture
@@ -80,8 +82,8 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_kept_out(project: Local
     assert champion_version(project) == weak, "a later run leaves promotion to the experiment"
 
     send_traffic(project, 600)
-    promoted = run(project)
-    assert f"promote classifier-2 ({better}): the challenger is better" in promoted.stderr
+    promoted = run(project, *LOOSE_P99)
+    assert f"promote classifier-2 ({better}): the challenger is better" in promoted.stderr, promoted.stderr
     assert champion_version(project) == better
     concluded = {e.id: e for e in list_experiments(str(project.data), "iris")}[experiment.id]
     assert (concluded.status, concluded.conclusion) == (CONCLUDED, "promote")
@@ -94,8 +96,8 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_kept_out(project: Local
     against_weak = running_experiment(str(project.data), "iris")
     assert against_weak is not None and against_weak.champion.version == better
     send_traffic(project, 600)
-    kept = run(project)
-    assert f"keep classifier-1 ({better}): the champion is better" in kept.stderr
+    kept = run(project, *LOOSE_P99)
+    assert f"keep classifier-1 ({better}): the champion is better" in kept.stderr, kept.stderr
     assert champion_version(project) == better, "a worse challenger is kept out"
     record = {e.id: e for e in list_experiments(str(project.data), "iris")}[against_weak.id]
     assert (record.status, record.conclusion) == (CONCLUDED, "keep")
