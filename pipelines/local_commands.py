@@ -184,6 +184,7 @@ def run_command(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems:
             print(f"abflow run: {problem}", file=sys.stderr)
+        print("abflow run: nothing ran and nothing was stored; see abflow run --help", file=sys.stderr)
         return 2
     print(f"abflow run: pipeline iris-ab, artifacts in {arguments['artifact_root']}", file=sys.stderr)
     try:

@@ -22,7 +22,10 @@ def refused(data_dir: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> 
     """Run ``abflow run`` in-process; assert it refused at once and left nothing behind; its stderr."""
     assert main(["run", "--data-dir", str(data_dir), *flags]) == 2
     assert not data_dir.exists(), f"a refused run wrote {sorted(p.name for p in data_dir.iterdir())}"
-    return capsys.readouterr().err
+    err = capsys.readouterr().err
+    *problems, last = err.splitlines()
+    assert problems and last == "abflow run: nothing ran and nothing was stored; see abflow run --help"
+    return "\n".join(problems)
 
 
 @pytest.mark.parametrize(
