@@ -38,8 +38,12 @@ def test_variables_override_defaults_and_bad_ones_name_the_variable() -> None:
 
 
 def test_flags_are_checked_and_handed_on_as_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for field in fields(EndpointLimits):  # so that monkeypatch also removes what export_limits sets
-        monkeypatch.delenv(env_name(field.name), raising=False)
+    for field in fields(EndpointLimits):
+        # setenv first: monkeypatch records a variable's absence only when it changes it, and delenv of an
+        # absent one changes nothing, so what export_limits sets would outlive the test and reach every
+        # server later tests start (their failover turned off by --on-arm-down fail).
+        monkeypatch.setenv(env_name(field.name), "")
+        monkeypatch.delenv(env_name(field.name))
     monkeypatch.setenv("ABFLOW_MAX_CONNECTIONS", "7")
     args = parser().parse_args(["--request-deadline", "2.5", "--on-arm-down", "fail"])
     assert args.max_connections == 7 and args.body_idle_timeout is None
@@ -49,3 +53,4 @@ def test_flags_are_checked_and_handed_on_as_variables(monkeypatch: pytest.Monkey
     assert (limits.request_deadline, limits.on_arm_down, limits.max_connections) == (2.5, FAIL, 7)
     with pytest.raises(argparse.ArgumentError, match="must be a positive number"):
         parser().parse_args(["--max-buffered-bytes", "0"])
+
