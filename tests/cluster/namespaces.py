@@ -68,6 +68,18 @@ class Namespace:
                 raise
         return found
 
+    def clear(self) -> None:
+        """Delete every SeldonDeployment and Deployment in the namespace (as the admin), and wait until
+        the server lists none: a fixed-name namespace (``seldon``, where ``manifests/rbac`` points) is
+        shared by every test that uses it in one control plane, and must not hand one test's
+        ``iris-ab`` to the next."""
+        with self.plane.api_client() as admin:
+            custom = client.CustomObjectsApi(admin)
+            custom.delete_collection_namespaced_custom_object(SELDON_GROUP, "v1", self.name, SELDON_PLURAL)
+            client.AppsV1Api(admin).delete_collection_namespaced_deployment(self.name)
+            wait_until(lambda: not custom.list_namespaced_custom_object(
+                SELDON_GROUP, "v1", self.name, SELDON_PLURAL)["items"], what=f"namespace {self.name} to be empty")
+
     def deployments(self) -> list[dict[str, Any]]:
         """The Deployments the operator stand-in made, by name."""
         with self.plane.api_client() as admin:

@@ -8,6 +8,7 @@ Seldon's operator is played by ``tests.cluster.seldon_operator_standin``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,12 @@ RBAC = Path(__file__).resolve().parents[2] / "manifests" / "rbac"
 
 @pytest.fixture
 def seldon(control_plane: ControlPlane, runner: Runner, operator: SeldonOperatorStandIn,
-           monkeypatch: pytest.MonkeyPatch) -> Namespace:  # fmt: skip
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Namespace]:  # fmt: skip
     namespace = new_namespace(control_plane, runner, operator, "seldon")
     namespace.grant([yaml.safe_load(path.read_text()) for path in sorted(RBAC.glob("*.yaml"))])
     monkeypatch.setenv("KUBECONFIG", str(runner.kubeconfig))
-    return namespace
+    yield namespace
+    namespace.clear()
 
 
 def test_step_deploys_with_routing_injection_and_rolls_back_a_first_deploy(seldon: Namespace) -> None:
