@@ -111,7 +111,8 @@ def add_experiment_commands(subparsers: Any) -> None:
     where.add_argument("--experiment", metavar="ID", default=None,
                        help="an experiment id (default: the running experiment, else the latest one)")
     where.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    for name, kind in (("alpha", float), ("min_feedback", int), ("max_duration_hours", float)):
+    for name, kind in (("alpha", float), ("min_feedback", int), ("max_duration_hours", float),
+                       ("p99_slack_ms", float)):
         where.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=kind(parameters[name].default),
                            help=f"{PARAMETER_HELP[name]} (default: %(default)s, as `abflow run`)")
 
@@ -215,7 +216,7 @@ def _artifact_root(args: argparse.Namespace) -> str:
 def _rules(args: argparse.Namespace) -> Rules:
     from abflow.components.conclusion import rules_from
 
-    return rules_from(args.alpha, args.min_feedback, args.max_duration_hours)
+    return rules_from(args.alpha, args.min_feedback, args.max_duration_hours, args.p99_slack_ms)
 
 
 def _find_experiment(root: str, model_name: str, experiment_id: str | None) -> Experiment | None:

@@ -112,8 +112,8 @@ def test_the_decision_parameters_are_those_of_abflow_run(tmp_path: Path, capsys:
     serve(tmp_path, experiment, {"classifier-1": (60, 60, 48), "classifier-2": (60, 60, 59)})
     assert as_json(capsys, "experiment", "decide", "--data-dir", str(tmp_path))["decision"] == "continue"
     body = as_json(capsys, "experiment", "decide", "--data-dir", str(tmp_path), "--min-feedback", "50",
-                   "--alpha", "0.2")
-    assert (body["test"]["min_feedback"], body["test"]["alpha"]) == (50, 0.2)
+                   "--alpha", "0.2", "--p99-slack-ms", "7")
+    assert (body["test"]["min_feedback"], body["test"]["alpha"], body["test"]["p99_slack_seconds"]) == (50, 0.2, 0.007)
     code, _, err = run(capsys, "experiment", "decide", "--data-dir", str(tmp_path), "--max-duration-hours", "-1")
     assert code == 1 and "max_duration_hours must be >= 0" in err
 
