@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.warmup_runs < 0:
         parser.error("--runs must be at least 1 and --warmup-runs at least 0")
 
-    from abflow.components.deployment import stop_local
+    from abflow.components.local_target import stop_local
     from abflow.pipelines.pipeline import STEP_NAMES
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -1,7 +1,7 @@
 """Does the blue/green handover's BPF steering save requests? Handovers with and without it, one run.
 
 A blue/green replace binds the successor's listener beside the old one with SO_REUSEPORT
-(``abflow.serving.supervisor.take_over``), then the old release closes its listener. Without steering,
+(``abflow.serving.takeover.take_over``), then the old release closes its listener. Without steering,
 the kernel hashes new connections over both listeners, and whatever sits in the old one's accept
 queue when it closes is reset. ``take_over`` attaches a one-instruction classic BPF program that sends
 every new connection to the successor. Issue 7 asks to keep such Linux-only code only if a
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from abflow.serving.supervisor import bind, take_over  # noqa: E402 - after the path it needs
+from abflow.serving.takeover import bind, take_over  # noqa: E402 - after the path it needs
 
 CLIENTS = 8
 BEFORE_S = 0.3

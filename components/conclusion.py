@@ -185,7 +185,7 @@ def _move_split(experiment: Experiment, ratio: float, local_state_dir: str,
         except SplitNotMoved as why:
             return None, f"{why}; the split stays at {experiment.ratio_a:g}"
         return experiment.outcomes[-1], ""  # Prometheus, whatever the split: the same source
-    from abflow.components.deployment import current_deployment, deploy_local
+    from abflow.components.local_target import current_deployment, deploy_local
 
     state_root = Path(local_state_dir)
     current = current_deployment(state_root)

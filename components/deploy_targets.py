@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from abflow.components import deployment
+from abflow.components import local_target
 from abflow.components.experiment import (
     CHALLENGER,
     CHAMPION,
@@ -54,7 +54,7 @@ def deploy(
     """Deploy the A/B graph to ``target`` and return its record (previous deployment included).
     ``experiment_id`` names the experiment the graph serves (empty: none)."""
     if target == "local":
-        return deployment.deploy_local(
+        return local_target.deploy_local(
             model_a_uri=model_a_uri,
             model_b_uri=model_b_uri,
             ratio_a=ratio_a,
@@ -133,7 +133,7 @@ def outcome_source(target: str, record_json: str, prometheus_url: str) -> str:
     """Where the deployed endpoint's per-arm outcomes are read: the local endpoint's ledger in its
     serving state directory, or a cluster's Prometheus."""
     if target == "local":
-        return ledger_source(deployment.DeploymentRecord.from_json(record_json).serving_state_dir)
+        return ledger_source(local_target.LocalRelease.from_json(record_json).serving_state_dir)
     return f"{PROMETHEUS}{prometheus_url}"
 
 
@@ -141,13 +141,13 @@ def rollback(record_json: str) -> str:
     """Undo the deployment described by ``record_json``; returns what serves now, in words."""
     target = json.loads(record_json).get("target")
     if target == "local":
-        record = deployment.DeploymentRecord.from_json(record_json)
-        restored = deployment.rollback_local(Path(record.state_root), expected_release=record.release)
+        record = local_target.LocalRelease.from_json(record_json)
+        restored = local_target.rollback_local(Path(record.state_root), expected_release=record.release)
         return f"release {restored.release} at {restored.endpoint}" if restored else "nothing (endpoint stopped)"
     if target == "seldon":
-        from abflow.components.seldon_deploy import DeploymentRecord, rollback_seldon
+        from abflow.components.seldon_deploy import SeldonRelease, rollback_seldon
 
-        seldon_record = DeploymentRecord.from_json(record_json)
+        seldon_record = SeldonRelease.from_json(record_json)
         rollback_seldon(seldon_record)
         where = f"SeldonDeployment {seldon_record.namespace}/{seldon_record.name}"
         return f"the previous spec of {where}" if seldon_record.previous else f"nothing ({where} deleted)"

@@ -135,7 +135,7 @@ def prune_after_deploy(artifact_root: str, model_name: str, *, keep: int, deploy
 
 def served_locally(local_state_dir: str) -> list[str]:
     """The model URIs the local endpoint under ``local_state_dir`` serves, and its rollback target."""
-    from abflow.components.deployment import deployed_model_uris
+    from abflow.components.local_target import deployed_model_uris
 
     return deployed_model_uris(Path(local_state_dir)) if local_state_dir else []
 

@@ -17,7 +17,7 @@ a SeldonDeployment that would replace the one serving); a missing CRD says to in
 timeout shows the last status, the Deployments' rollout, the pods' waiting/terminated reasons and the
 operator's warnings.
 
-``DeploymentRecord`` crosses KFP step boundaries as JSON, from the deploy step to the smoke test that
+``SeldonRelease`` crosses KFP step boundaries as JSON, from the deploy step to the smoke test that
 may roll it back; ``abflow.components.deploy_targets`` dispatches between this target and ``local``.
 """
 
@@ -81,13 +81,13 @@ class SplitNotMoved(SeldonDeployError):
 class SeldonTimeoutError(SeldonDeployError):
     """The deployment did not become available in time (or failed); ``record`` describes the attempt."""
 
-    def __init__(self, message: str, record: DeploymentRecord) -> None:
+    def __init__(self, message: str, record: SeldonRelease) -> None:
         super().__init__(message)
         self.record = record
 
 
 @dataclass(frozen=True)
-class DeploymentRecord:
+class SeldonRelease:
     """What a deploy did, enough to reach the endpoint and to undo the deploy later.
 
     ``previous`` is target-specific and opaque to callers (for ``seldon``: the labels, annotations and
@@ -105,7 +105,7 @@ class DeploymentRecord:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> DeploymentRecord:
+    def from_json(cls, text: str) -> SeldonRelease:
         raw = json.loads(text)
         if not isinstance(raw, dict) or not {"target", "name", "endpoint"} <= raw.keys():
             raise ValueError(f"not a deployment record (needs target, name, endpoint): {text[:200]!r}")
@@ -121,7 +121,7 @@ def deploy_seldon(
     api_client: Any = None,
     ingress_url: str | None = None,
     rollback_on_failure: bool = True,
-) -> DeploymentRecord:
+) -> SeldonRelease:
     """Create or patch the SeldonDeployment in ``namespace`` and wait until it is Available.
 
     ``api_client`` is a ``kubernetes.client.ApiClient``; by default the in-cluster configuration is
@@ -135,7 +135,7 @@ def deploy_seldon(
     desired = {**manifest, "metadata": {**manifest.get("metadata", {}), "namespace": namespace}}
     previous, applied = _apply_guarded(api, name, desired)
     metadata = applied.get("metadata", {})
-    record = DeploymentRecord(
+    record = SeldonRelease(
         target="seldon",
         name=name,
         namespace=namespace,
@@ -161,7 +161,7 @@ def deploy_seldon(
         raise SeldonTimeoutError(message, record) from None
     address = status.get("address", {}).get("url") if ingress_url is None else None
     if address:
-        record = DeploymentRecord(**{**asdict(record), "endpoint": address})
+        record = SeldonRelease(**{**asdict(record), "endpoint": address})
     return record
 
 
@@ -211,7 +211,7 @@ def deploy_ab_seldon(
     timeout: float = 600,
     api_client: Any = None,
     experiment_id: str = "",
-) -> DeploymentRecord:
+) -> SeldonRelease:
     """What the pipeline's deploy-ab step does for target ``seldon``: render the A/B graph (arm A =
     champion) and deploy it. An empty ``image`` serves the arms with Seldon's SKLEARN_SERVER.
     ``service_account`` is the model pods' identity (e.g. bound to a Google service account by
@@ -233,7 +233,7 @@ def move_split_seldon(
     experiment_id: str,
     timeout: float = 600,
     api_client: Any = None,
-) -> DeploymentRecord:
+) -> SeldonRelease:
     """Set the ``ratioA`` of the RANDOM_ABTEST router of the SeldonDeployment serving experiment
     ``experiment_id`` (its predictors' ``version`` label) and wait until it serves, keeping the rest
     of the live spec as it is (images, model URIs, labels): a ``ratio_schedule`` step on a cluster,
@@ -273,7 +273,7 @@ def _mutable_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def rollback_seldon(
-    record: DeploymentRecord,
+    record: SeldonRelease,
     *,
     timeout: float = 600,
     poll_interval: float = 2,
@@ -314,7 +314,7 @@ def rollback_seldon(
         _wait_serving(api, record.name, model_uris(_restored(record)), timeout=timeout, poll_interval=poll_interval)
 
 
-def _require_unchanged(record: DeploymentRecord, current: Mapping[str, Any]) -> None:
+def _require_unchanged(record: SeldonRelease, current: Mapping[str, Any]) -> None:
     metadata = current.get("metadata", {})
     ours = (record.details.get("uid"), record.details.get("generation"))
     now = (metadata.get("uid"), metadata.get("generation"))
@@ -327,7 +327,7 @@ def _require_unchanged(record: DeploymentRecord, current: Mapping[str, Any]) -> 
         )
 
 
-def _restored(record: DeploymentRecord) -> dict[str, Any]:
+def _restored(record: SeldonRelease) -> dict[str, Any]:
     previous = record.previous or {}
     return {
         "apiVersion": f"{SELDON_GROUP}/{SELDON_VERSION}",
@@ -432,8 +432,8 @@ def _is_fresh(current: Mapping[str, Any]) -> bool:
     return generation is None or observed is None or observed >= generation
 
 
-def _stub(api: _Api, name: str) -> DeploymentRecord:
-    return DeploymentRecord(target="seldon", name=name, endpoint="", namespace=api.namespace)
+def _stub(api: _Api, name: str) -> SeldonRelease:
+    return SeldonRelease(target="seldon", name=name, endpoint="", namespace=api.namespace)
 
 
 def _not_available(api: _Api, name: str, current: Mapping[str, Any], why: str, pending: list[str]) -> str:

@@ -180,7 +180,7 @@ def machine_problems(values: Mapping[str, Any], spell: Spelling = flag) -> list[
                             f"gs:// URI, or {spell('data_uri')} {BUNDLED_IRIS} for the bundled data")
     port = values.get("local_port")
     if values.get("target") == "local" and isinstance(port, int) and BOUNDS["local_port"].admits(port):
-        from abflow.components.deployment import port_in_use
+        from abflow.components.local_target import port_in_use
 
         held = port_in_use(Path(values["local_state_dir"]), port)
         if held:

@@ -146,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         models = _models(args.model)
         if args.detach:
-            from abflow.serving.supervisor import DetachError, start_detached
+            from abflow.serving.daemon import DetachError, start_detached
 
             state_dir = args.state_dir or default_state_dir()
             try:
@@ -172,7 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from abflow.serving.supervisor import endpoint_status
+    from abflow.serving.daemon import endpoint_status
 
     state_dir = args.state_dir or default_state_dir()
     status = endpoint_status(state_dir)
@@ -189,7 +189,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from abflow.serving.supervisor import stop_detached
+    from abflow.serving.daemon import stop_detached
 
     state_dir = args.state_dir or default_state_dir()
     stopped = stop_detached(state_dir, timeout=args.timeout)

@@ -71,7 +71,7 @@ from abflow.serving.protocol import (
 )
 from abflow.serving.puids import PuidMemory
 from abflow.serving.routers import Router, make_router, pinned_arm, stats_from_outcomes
-from abflow.serving.service import ROUTE_HEADER, Call, Reply, Routes, status_reply
+from abflow.serving.service import ROUTE_HEADER, Call, Reply, UrlDispatch, status_reply
 
 T = TypeVar("T")
 UNAVAILABLE = "MICROSERVICE_UNAVAILABLE"
@@ -164,7 +164,7 @@ class Executor:
         self._oauth = (TokenIssuer(graph.oauth_key, graph.oauth_secret)
                        if graph.oauth_key is not None and graph.oauth_secret is not None else None)
         bearer = self._check_bearer if self._oauth is not None else None
-        self.routes = Routes(max_body_bytes)
+        self.routes = UrlDispatch(max_body_bytes)
         for path in PREDICTION_PATHS:
             self.routes.add("POST", path, self.predict, guard=bearer)
         for path in FEEDBACK_PATHS:

@@ -1,13 +1,13 @@
 """The one module that knows aiohttp: turns HTTP requests into ``Call``s and ``Reply``s back.
 
 aiohttp's low-level ``web.Server`` is used without an ``Application``/router/middleware stack:
-dispatch is a dict lookup in ``abflow.serving.service.Routes``, so the framework only parses HTTP.
+dispatch is a dict lookup in ``abflow.serving.service.UrlDispatch``, so the framework only parses HTTP.
 aiohttp sets TCP_NODELAY on every accepted connection (``BaseProtocol.connection_made``), which keeps
 keep-alive latency off Nagle's 40 ms timer.
 
 What a client may cost before it is known, and after (the numbers are ``EndpointLimits``):
 
-* a request's head is admitted by the service (``Routes.admit``: route, method, token) before a
+* a request's head is admitted by the service (``UrlDispatch.admit``: route, method, token) before a
   byte of its body is read; a refused request gets its answer and its connection is closed, so its
   body is never read. ``Expect: 100-continue`` is answered only once the head is admitted.
 * headers must be complete within ``header_timeout`` of the request's first byte, and a body may not

@@ -48,7 +48,7 @@ from abflow.serving.protocol import (
     encode_prediction_response,
     new_puid,
 )
-from abflow.serving.service import ROUTE_HEADER, Call, Reply, Routes, status_reply
+from abflow.serving.service import ROUTE_HEADER, Call, Reply, UrlDispatch, status_reply
 
 PARENT_PID_ENV = "ABFLOW_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -76,7 +76,7 @@ class ModelServer:
         self.max_abs_reward = max_abs_reward if max_abs_reward is not None else EndpointLimits.from_env().max_abs_reward
         self.max_body_bytes = max_body_bytes
         self._request_path = {name: image or model.uri}
-        self.routes = Routes()
+        self.routes = UrlDispatch()
         for path in ("/api/v1.0/predictions", "/api/v0.1/predictions", "/predict"):
             self.routes.add("POST", path, self.predict)
         for path in ("/api/v1.0/feedback", "/send-feedback"):

@@ -39,7 +39,7 @@ from abflow.serving.limits import MAX_ABS_REWARD
 from abflow.serving.metrics import ServingMetrics
 from abflow.serving.protocol import MAX_BODY_BYTES, SeldonError, decode_feedback, decode_prediction_request
 from abflow.serving.routers import make_router, stats_from_outcomes
-from abflow.serving.service import Call, Reply, Routes, status_reply
+from abflow.serving.service import Call, Reply, UrlDispatch, status_reply
 
 ROUTE_PATH = "/route"
 FEEDBACK_PATH = "/send-feedback"
@@ -67,7 +67,7 @@ class RouterServer:
         self.max_body_bytes = max_body_bytes
         self.max_abs_reward = max_abs_reward
         self._unit = node.unit_source
-        self.routes = Routes(max_body_bytes)
+        self.routes = UrlDispatch(max_body_bytes)
         self.routes.add("POST", ROUTE_PATH, self.route)
         self.routes.add("POST", FEEDBACK_PATH, self.send_feedback)
         for path in ("/health/ping", "/live", "/ready"):

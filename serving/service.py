@@ -5,10 +5,10 @@ which web framework turns sockets into calls. Path dispatch lives here too, so u
 and wrong methods (405) get Seldon status bodies instead of a framework's HTML.
 
 A request is answered in two steps, so that nothing proportional to its size is spent before its
-caller is known: ``Routes.admit`` looks only at the head (method, path, headers) and either refuses
+caller is known: ``UrlDispatch.admit`` looks only at the head (method, path, headers) and either refuses
 it (404, 405, or the route's ``guard``: a missing token is a 401) or names the ``Route`` with the
 most body bytes that route accepts; only then does the transport read the body and call the route's
-handler. ``Routes.dispatch`` does both steps for callers that already hold the body (tests).
+handler. ``UrlDispatch.dispatch`` does both steps for callers that already hold the body (tests).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Service(Protocol):
     every response, and the body limit of routes that do not set their own."""
 
     max_body_bytes: int
-    routes: Routes
+    routes: UrlDispatch
 
     @property
     def metrics(self) -> ServingMetrics: ...  # read-only here, so a service may hold a subclass
@@ -78,7 +78,7 @@ def status_reply(code: int, info: str, reason: str = BAD_DATA,
     return Reply(code, status_body(code, info, reason), headers=headers)
 
 
-class Routes:
+class UrlDispatch:
     """A path → method → route table. Paths are exact (a trailing slash is forgiven): the Seldon API
     is a handful of fixed paths and a dict lookup is the cheapest dispatch there is."""
 

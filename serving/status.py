@@ -1,6 +1,6 @@
 """``abflow status`` for people: the endpoint, its release, and each arm's model version, role and state.
 
-``abflow.serving.supervisor.endpoint_status`` gives the raw record (what ``abflow status --json``
+``abflow.serving.daemon.endpoint_status`` gives the raw record (what ``abflow status --json``
 prints, for scripts); this turns it into the few lines a person looks for: is it up, where, since
 when, which version each arm serves and how its traffic is going.
 """

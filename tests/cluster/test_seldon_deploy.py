@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from abflow.components.seldon_deploy import (
-    DeploymentRecord,
     SeldonCrdMissingError,
     SeldonForbiddenError,
+    SeldonRelease,
     SeldonRollbackConflict,
     SeldonTimeoutError,
     deploy_ab_seldon,
@@ -45,12 +45,12 @@ def manifest(namespace: Namespace, ratio_a: float, model_b: str = "gs://m/iris/v
     return render_seldon_deployment(graph, image=image, namespace=namespace.name, service_account=service_account)
 
 
-def deploy(namespace: Namespace, body: dict[str, Any], **kwargs: Any) -> DeploymentRecord:
+def deploy(namespace: Namespace, body: dict[str, Any], **kwargs: Any) -> SeldonRelease:
     with namespace.runner_client() as api_client:
         return deploy_seldon(body, namespace=namespace.name, api_client=api_client, **{**FAST, **kwargs})
 
 
-def rollback(namespace: Namespace, record: DeploymentRecord) -> None:
+def rollback(namespace: Namespace, record: SeldonRelease) -> None:
     with namespace.runner_client() as api_client:
         rollback_seldon(record, api_client=api_client, **FAST)
 
@@ -68,7 +68,7 @@ def test_first_deploy_creates_waits_reports_endpoint_and_rollback_deletes(namesp
     sdep = stored(namespace)
     assert sdep["status"]["state"] == "Available"
     assert sdep["spec"]["predictors"][0]["svcOrchSpec"]["env"][0]["name"] == "SELDON_ENABLE_ROUTING_INJECTION"
-    assert DeploymentRecord.from_json(record.to_json()) == record
+    assert SeldonRelease.from_json(record.to_json()) == record
 
     rollback(namespace, record)
     assert namespace.stored() is None
@@ -155,7 +155,7 @@ def _failing_deploy(namespace: Namespace, _: Any) -> Any:
     return deploy(namespace, manifest(namespace, 0.3, image=MISSING_IMAGE), timeout=0.5, rollback_on_failure=False)
 
 
-def _first_deploy(namespace: Namespace) -> DeploymentRecord:
+def _first_deploy(namespace: Namespace) -> SeldonRelease:
     return deploy(namespace, manifest(namespace, 0.5))
 
 
@@ -244,7 +244,7 @@ def test_deploy_ab_renders_the_graph_the_pipeline_step_asks_for(namespace: Names
     graph = stored(namespace)["spec"]["predictors"][0]["graph"]
     assert graph["parameters"][0]["value"] == "0.8"
     assert [c["implementation"] for c in graph["children"]] == ["SKLEARN_SERVER", "SKLEARN_SERVER"]
-    rollback(namespace, DeploymentRecord.from_json(record.to_json()))
+    rollback(namespace, SeldonRelease.from_json(record.to_json()))
     assert namespace.stored() is None
 
 

@@ -27,7 +27,6 @@ from abflow.components.conclusion import (
 )
 from abflow.components.decision import Rules
 from abflow.components.deploy_targets import deploy_challenger
-from abflow.components.deployment import current_deployment, stop_local
 from abflow.components.experiment import (
     CHALLENGER,
     CHAMPION,
@@ -39,6 +38,7 @@ from abflow.components.experiment import (
     read_experiment,
     start_experiment,
 )
+from abflow.components.local_target import current_deployment, stop_local
 from abflow.components.registry import PublishedModel, promote, promote_version, publish_model, read_champion
 from abflow.components.training import TrainResult, train_iris
 from abflow.serving.ledger import OutcomeLedger

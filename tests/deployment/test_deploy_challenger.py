@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from abflow.components.deploy_targets import AbDeployment, deploy_challenger
-from abflow.components.deployment import DeploymentRecord, current_deployment, stop_local
 from abflow.components.experiment import LEDGER, read_experiment, running_experiment
+from abflow.components.local_target import LocalRelease, current_deployment, stop_local
 from abflow.components.registry import PublishedModel, promote, publish_model
 from abflow.components.training import train_iris
 from tests.fixtures.processes import free_port
@@ -72,10 +72,10 @@ def test_the_same_version_on_both_arms_is_not_an_experiment(
 
 
 def test_a_record_written_before_experiments_still_reads() -> None:
-    record = DeploymentRecord(
+    record = LocalRelease(
         target="local", name="iris-ab", release=1, endpoint="http://127.0.0.1:1", graph_path="/g", model_a_uri="a",
         model_b_uri="b", ratio_a=0.5, previous_release=None, router_name="r", arm_names=("x", "y"), host="h",
         port=1, state_root="/s", serving_state_dir="/s/r/1/serving", deployed_at="now")
     body = record.to_dict()
     del body["experiment_id"]
-    assert DeploymentRecord.from_json(json.dumps(body)) == record
+    assert LocalRelease.from_json(json.dumps(body)) == record

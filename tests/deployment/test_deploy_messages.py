@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from abflow.components.deployment import DeployError, current_deployment, deploy_local, stop_local
+from abflow.components.local_target import DeployError, current_deployment, deploy_local, stop_local
 from abflow.serving.artifact import MODEL_FILE
 from tests.fixtures.processes import free_port
 

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import requests
 
-from abflow.components.deployment import (
+from abflow.components.local_target import (
     DeployError,
-    DeploymentRecord,
+    LocalRelease,
     current_deployment,
     deploy_local,
     rollback_local,
@@ -35,7 +35,7 @@ from abflow.components.deployment import (
 )
 from abflow.components.smoke import payload_for, require_pass, run_smoke
 from abflow.serving.artifact import MODEL_FILE
-from abflow.serving.supervisor import endpoint_status
+from abflow.serving.daemon import endpoint_status
 from tests.fixtures.models import write_iris_model
 from tests.fixtures.processes import free_port, wait_until
 
@@ -132,7 +132,7 @@ def expected_probabilities(model_dir: Path) -> list[float]:
     return [float(v) for v in model.predict_proba(np.array([ROW]))[0]]
 
 
-def assert_live(state_root: Path, record: DeploymentRecord) -> None:
+def assert_live(state_root: Path, record: LocalRelease) -> None:
     """``<root>/serving`` (what `abflow status`/`abflow down` read) describes ``record``'s running release."""
     status = local_status(state_root / "serving")
     assert status is not None and status["running"] and status["health"]["status"] == "ok"
@@ -187,7 +187,7 @@ def test_deploy_replace_refuse_and_roll_back_without_failing_a_request(
     assert graph["spec"]["predictors"][0]["graph"]["parameters"][0]["value"] == "0.0"
     assert (restored.release, restored.previous_release, restored.endpoint) == (1, 2, v1.endpoint)
     assert current_deployment(state_root) == restored
-    assert DeploymentRecord.from_json((state_root / "previous.json").read_text()) == v2
+    assert LocalRelease.from_json((state_root / "previous.json").read_text()) == v2
     assert_live(state_root, restored)
     assert local_status(state_root / "serving")["pid"] != v1_pid  # type: ignore[index]
 
@@ -242,6 +242,6 @@ def test_a_bad_ratio_is_refused_before_anything_happens(state_root: Path, iris_m
 
 def test_records_from_another_target_or_version_are_refused_with_the_fix() -> None:
     with pytest.raises(DeployError, match="not a local deployment record"):
-        DeploymentRecord.from_json('{"target": "seldon", "endpoint": "http://ingress"}')
+        LocalRelease.from_json('{"target": "seldon", "endpoint": "http://ingress"}')
     with pytest.raises(DeployError, match=r"lacks \['arm_names'.*redeploy"):
-        DeploymentRecord.from_json('{"target": "local", "release": 1}')
+        LocalRelease.from_json('{"target": "local", "release": 1}')

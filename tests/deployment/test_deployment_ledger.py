@@ -9,8 +9,8 @@ from pathlib import Path
 import requests
 
 from abflow.components.deploy_targets import outcome_source
-from abflow.components.deployment import DeploymentRecord, deploy_local, stop_local
 from abflow.components.experiment import LEDGER
+from abflow.components.local_target import LocalRelease, deploy_local, stop_local
 from abflow.serving.ledger import read_outcomes
 from tests.fixtures.processes import free_port
 from tests.fixtures.serving import TUTORIAL_PAYLOAD
@@ -18,7 +18,7 @@ from tests.fixtures.serving import TUTORIAL_PAYLOAD
 EXPERIMENT = "iris-20261203-180000-abc123"
 
 
-def traffic(record: DeploymentRecord, count: int) -> dict[str, int]:
+def traffic(record: LocalRelease, count: int) -> dict[str, int]:
     """``count`` predictions, each with feedback as Seldon's client sends a 0 (no reward key), by arm."""
     served = {name: 0 for name in record.arm_names}
     with requests.Session() as session:
@@ -32,7 +32,7 @@ def traffic(record: DeploymentRecord, count: int) -> dict[str, int]:
     return served
 
 
-def ledger_path(record: DeploymentRecord) -> Path:
+def ledger_path(record: LocalRelease) -> Path:
     source = outcome_source("local", record.to_json(), "")
     assert source.startswith(LEDGER)
     return Path(source[len(LEDGER):])
@@ -43,7 +43,7 @@ def test_each_release_of_an_experiment_records_its_outcomes_where_its_record_say
     state_root = tmp_path / "local"
     port = free_port()
 
-    def deploy(ratio_a: float) -> DeploymentRecord:
+    def deploy(ratio_a: float) -> LocalRelease:
         return deploy_local(model_a_uri=str(iris_model_dir), model_b_uri=str(iris_model_dir_b), ratio_a=ratio_a,
                             state_root=state_root, port=port, experiment_id=EXPERIMENT)
 

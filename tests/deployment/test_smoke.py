@@ -29,7 +29,7 @@ from abflow.components.smoke import (
     run_smoke,
 )
 from abflow.serving.artifact import DEFAULT_CLASS_NAMES
-from abflow.serving.supervisor import start_detached, stop_detached
+from abflow.serving.daemon import start_detached, stop_detached
 from tests.fixtures.processes import free_port
 
 TUTORIAL_AB_TEST = Path(__file__).parents[1] / "data" / "tutorial" / "ab_test.json"

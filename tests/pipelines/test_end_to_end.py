@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from abflow.components.deployment import current_deployment, stop_local
 from abflow.components.experiment import ROLLED_BACK, list_experiments, running_experiment
+from abflow.components.local_target import current_deployment, stop_local
 from abflow.components.registry import read_champion
 from abflow.pipelines.local_commands import TUTORIAL_PAYLOAD
 from abflow.pipelines.pipeline import STEP_NAMES

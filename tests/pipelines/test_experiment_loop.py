@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from abflow.components.deployment import current_deployment, stop_local
 from abflow.components.experiment import CONCLUDED, RUNNING, list_experiments, running_experiment
+from abflow.components.local_target import current_deployment, stop_local
 from abflow.components.registry import read_champion
 from abflow.pipelines.pipeline import STEP_NAMES
 from tests.pipelines.test_end_to_end import LocalProject

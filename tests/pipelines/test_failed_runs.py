@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from abflow.components.deployment import current_deployment, stop_local
+from abflow.components.local_target import current_deployment, stop_local
 from abflow.components.registry import read_champion
 from abflow.components.retention import stored_versions
 from tests.fixtures.processes import free_port

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from abflow.components.deployment import deploy_local, stop_local
+from abflow.components.local_target import deploy_local, stop_local
 from abflow.components.registry import promote_version, publish_model
 from abflow.components.retention import stored_versions
 from abflow.components.training import TrainResult

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from abflow.components.deployment import deploy_local, port_in_use, stop_local
+from abflow.components.local_target import deploy_local, port_in_use, stop_local
 from abflow.pipelines.cli import main
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from abflow.serving.service import OTHER_PATH, Call, Reply, Routes
+from abflow.serving.service import OTHER_PATH, Call, Reply, UrlDispatch
 
 segments = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
 
@@ -14,8 +14,8 @@ async def answer(call: Call) -> Reply:
     return Reply(200, b"{}")
 
 
-def routes(deployment: str) -> Routes:
-    table = Routes()
+def routes(deployment: str) -> UrlDispatch:
+    table = UrlDispatch()
     table.add("POST", "/api/v1.0/predictions", answer)
     table.add("GET", "/api/v1.0/metadata", answer)
     table.add_gateway(deployment)
@@ -41,6 +41,6 @@ def test_another_deployment_or_a_path_that_is_no_route_is_not_found(namespace: s
 
 
 def test_without_a_gateway_seldon_paths_are_not_routes() -> None:
-    table = Routes()
+    table = UrlDispatch()
     table.add("POST", "/api/v1.0/predictions", answer)
     assert table.label("/seldon/ns/iris/api/v1.0/predictions") == OTHER_PATH

@@ -25,7 +25,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from abflow.serving.service import Call, Reply, Routes, status_reply
+from abflow.serving.service import Call, Reply, UrlDispatch, status_reply
 from tests.fixtures.arms import graph_arms
 from tests.fixtures.processes import wait_until
 from tests.fixtures.serving import TUTORIAL_PAYLOAD, ServedGraph, ab_graph_file, start_served_graph
@@ -298,7 +298,7 @@ def test_no_exception_escapes_as_aiohttps_plain_text_500() -> None:
 
         def __init__(self) -> None:
             self.metrics = ServingMetrics()
-            self.routes = Routes()
+            self.routes = UrlDispatch()
 
             async def broken(call: Call) -> Reply:
                 raise KeyError("a bug")

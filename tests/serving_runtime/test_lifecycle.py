@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from abflow.serving.supervisor import DetachError, endpoint_status, start_detached, stop_detached
+from abflow.serving.daemon import DetachError, endpoint_status, start_detached, stop_detached
 from tests.fixtures.arms import graph_arms
 from tests.fixtures.processes import free_port, wait_until
 from tests.fixtures.serving import (

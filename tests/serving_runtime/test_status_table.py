@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from abflow.components.deployment import deploy_local, stop_local
+from abflow.components.local_target import deploy_local, stop_local
 from abflow.serving.status import render_status
 from tests.fixtures.processes import free_port
 

@@ -20,7 +20,7 @@ import requests
 from abflow.components.registry import publish_model
 from abflow.components.training import TrainResult
 from abflow.serving.artifact import ALLOW_UNVERIFIED_FLAG, DEFAULT_CLASS_NAMES, MODEL_FILE, SIGNING_KEY_ENV
-from abflow.serving.supervisor import ENDPOINT_FILE, LOG_FILE, READY_FILE, start_detached, stop_detached
+from abflow.serving.daemon import ENDPOINT_FILE, LOG_FILE, READY_FILE, start_detached, stop_detached
 from tests.fixtures.arms import arm_socket, child_pids, graph_arms, listening_tcp_ports, tcp_sockets
 from tests.fixtures.processes import free_port, wait_until
 from tests.fixtures.serving import (

@@ -3,7 +3,7 @@
 A pipeline run must never leave users worse off than before it, and the port is the URL users and the
 smoke test hold, so a release replaces another blue/green on that same port: the new release starts
 beside the running one (both listen with SO_REUSEPORT; the newcomer draws every new connection once
-it listens, see ``abflow.serving.supervisor.take_over``), and only when it has written its own ready file
+it listens, see ``abflow.serving.takeover.take_over``), and only when it has written its own ready file
 (arms up, listening) is the old one stopped, which finishes its in-flight requests and sends its
 keep-alive clients over. A client sees no failed request. If the new release does not start (a
 corrupt or version-skewed artifact makes its arm refuse to load, so it exits), the running one was
@@ -14,12 +14,12 @@ releases are kept as pointers so the smoke step can roll back, the same way.
 Layout under ``state_root``::
 
     releases/<n>/graph.json     the SeldonDeployment this release runs (parses back to the graph)
-    releases/<n>/release.json   its DeploymentRecord
+    releases/<n>/release.json   its LocalRelease
     releases/<n>/serving/       that release's endpoint state (pid, URL, log) while it runs
     serving -> releases/<n>/serving
                                 the live endpoint's state, swapped atomically once a new release is
                                 ready: where `abflow status` / `abflow down --state-dir <root>/serving` look
-    current.json, previous.json DeploymentRecords, each replaced atomically
+    current.json, previous.json LocalRelease records, each replaced atomically
     .lock                       serialises deploys and rollbacks into this state root
 """
 
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from abflow.serving.daemon import DetachError, endpoint_status, start_detached, stop_detached
 from abflow.serving.graph import (
     DEFAULT_ARM_NAMES,
     DEFAULT_ROUTER_NAME,
@@ -48,7 +49,6 @@ from abflow.serving.graph import (
     check_ratio,
     to_seldon_deployment,
 )
-from abflow.serving.supervisor import DetachError, endpoint_status, start_detached, stop_detached
 
 TARGET = "local"
 RELEASES = "releases"
@@ -65,7 +65,7 @@ class DeployError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DeploymentRecord:
+class LocalRelease:
     """What a deploy put in place, enough to smoke-test it and to start it again on rollback.
 
     ``previous_release`` is the release this one replaced (``None`` for the first), i.e. where a
@@ -99,7 +99,7 @@ class DeploymentRecord:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> DeploymentRecord:
+    def from_json(cls, text: str | bytes) -> LocalRelease:
         raw = json.loads(text)
         if not isinstance(raw, dict) or raw.get("target") != TARGET:
             raise DeployError(f"not a local deployment record: {str(text)[:200]!r}")
@@ -119,7 +119,7 @@ class DeploymentRecord:
 
 def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_root: Path, port: int = 8000,
                  name: str = "iris-ab", host: str = "127.0.0.1", ready_timeout: float = 30.0,
-                 experiment_id: str = "") -> DeploymentRecord:
+                 experiment_id: str = "") -> LocalRelease:
     """Replace the running A/B graph under ``state_root`` with one serving ``model_a_uri`` (arm A,
     ``ratio_a`` of traffic) and ``model_b_uri``; see the module docstring for the order of steps.
     ``experiment_id`` names the experiment the release serves (empty: none), whose outcomes its
@@ -152,7 +152,7 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
         folder.mkdir(parents=True)
         graph_path = folder / GRAPH_FILE
         _write_atomic(graph_path, json.dumps(to_seldon_deployment(graph), indent=2))
-        planned = DeploymentRecord(
+        planned = LocalRelease(
             target=TARGET, name=name, release=release, endpoint=f"http://{host}:{port}",
             graph_path=str(graph_path), model_a_uri=model_a_uri, model_b_uri=model_b_uri,
             ratio_a=float(ratio_a), previous_release=current.release if current else None,
@@ -174,7 +174,7 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
 
 
 def rollback_local(state_root: Path, *, expected_release: int | None = None,
-                   ready_timeout: float = 30.0) -> DeploymentRecord | None:
+                   ready_timeout: float = 30.0) -> LocalRelease | None:
     """Put the previous release back on the same port, blue/green like a deploy, and swap the pointers
     (so a second rollback undoes the first). With no previous release the endpoint is stopped and
     ``None`` returned.
@@ -212,7 +212,7 @@ def rollback_local(state_root: Path, *, expected_release: int | None = None,
         return restored
 
 
-def current_deployment(state_root: Path) -> DeploymentRecord | None:
+def current_deployment(state_root: Path) -> LocalRelease | None:
     """The release the endpoint should be serving (whether or not its processes are up right now)."""
     return _read_record(state_root / CURRENT)
 
@@ -255,8 +255,8 @@ def _absolute_uri(uri: str) -> str:
     return str(Path(uri).expanduser().resolve())
 
 
-def _switch(state_root: Path, target: DeploymentRecord, current: DeploymentRecord | None,
-            ready_timeout: float) -> DeploymentRecord:
+def _switch(state_root: Path, target: LocalRelease, current: LocalRelease | None,
+            ready_timeout: float) -> LocalRelease:
     """Start ``target`` beside ``current`` on the same port, point ``serving`` at it, stop ``current``.
 
     Raises ``DeployError`` before anything running is touched if ``target`` does not get ready.
@@ -269,7 +269,7 @@ def _switch(state_root: Path, target: DeploymentRecord, current: DeploymentRecor
     return started
 
 
-def _start(record: DeploymentRecord, ready_timeout: float) -> DeploymentRecord:
+def _start(record: LocalRelease, ready_timeout: float) -> LocalRelease:
     try:
         info = start_detached(Path(record.graph_path), record.models(), host=record.host, port=record.port,
                               state_dir=Path(record.serving_state_dir), ready_timeout=ready_timeout,
@@ -279,7 +279,7 @@ def _start(record: DeploymentRecord, ready_timeout: float) -> DeploymentRecord:
     return dataclasses.replace(record, endpoint=info.url.rstrip("/"))
 
 
-def _still_serving(record: DeploymentRecord | None) -> str:
+def _still_serving(record: LocalRelease | None) -> str:
     if record is None:
         return "nothing was deployed before, so no endpoint is running; fix the cause and deploy again"
     if not _is_running(record):
@@ -287,7 +287,7 @@ def _still_serving(record: DeploymentRecord | None) -> str:
     return f"release {record.release} keeps serving at {record.endpoint}; fix the cause and deploy again"
 
 
-def _is_running(record: DeploymentRecord) -> bool:
+def _is_running(record: LocalRelease) -> bool:
     status = endpoint_status(Path(record.serving_state_dir))
     return bool(status and status.get("running"))
 
@@ -320,9 +320,9 @@ def _next_release(state_root: Path) -> int:
     return max(existing, default=0) + 1
 
 
-def _read_record(path: Path) -> DeploymentRecord | None:
+def _read_record(path: Path) -> LocalRelease | None:
     try:
-        return DeploymentRecord.from_json(path.read_text(encoding="utf-8"))
+        return LocalRelease.from_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
 
