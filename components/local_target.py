@@ -26,12 +26,10 @@ Layout under ``state_root``::
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from abflow.serving.graph import (
     check_ratio,
     to_seldon_deployment,
 )
+from abflow.serving.local_files import exclusive_lock, write_atomically
 
 TARGET = "local"
 RELEASES = "releases"
@@ -194,7 +193,6 @@ def rollback_local(state_root: Path, *, expected_release: int | None = None,
                 "another run's deployment: check `abflow status` and roll back by hand if intended")
         previous = _read_record(state_root / PREVIOUS)
         if previous is None:
-            _adopt_legacy_serving_dir(state_root)
             stop_detached(_serving_dir(state_root, current.release))
             _write_atomic(state_root / PREVIOUS, current.to_json())
             (state_root / CURRENT).unlink()
@@ -261,7 +259,6 @@ def _switch(state_root: Path, target: LocalRelease, current: LocalRelease | None
 
     Raises ``DeployError`` before anything running is touched if ``target`` does not get ready.
     """
-    _adopt_legacy_serving_dir(state_root)
     started = _start(target, ready_timeout)
     _point_serving_at(state_root, target.release)
     if current is not None:
@@ -305,16 +302,6 @@ def _point_serving_at(state_root: Path, release: int) -> None:
     os.replace(tmp, link)
 
 
-def _adopt_legacy_serving_dir(state_root: Path) -> None:
-    """Before releases had their own state dirs, ``serving`` was a real folder, and its endpoint listens
-    without SO_REUSEPORT, so no successor can share its port: stop it (this once, not blue/green) and
-    make room for the symlink."""
-    serving = state_root / SERVING_DIR
-    if serving.is_dir() and not serving.is_symlink():
-        stop_detached(serving)
-        shutil.rmtree(serving)
-
-
 def _next_release(state_root: Path) -> int:
     existing = [int(p.name) for p in (state_root / RELEASES).glob("*") if p.name.isdigit()]
     return max(existing, default=0) + 1
@@ -328,27 +315,14 @@ def _read_record(path: Path) -> LocalRelease | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write + rename in the same folder, so a reader never sees half a record."""
+    """A record, replaced in one rename (``write_atomically``), so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode("utf-8"))
 
 
 @contextmanager
 def _locked(state_root: Path) -> Iterator[None]:
     """One deploy or rollback at a time per state root: two scheduled runs must not interleave."""
     state_root.mkdir(parents=True, exist_ok=True)
-    with open(state_root / LOCK, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with exclusive_lock(state_root / LOCK):
+        yield
