@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scipy.stats import binomtest, kstest
 
 from abflow.serving.graph import GraphError, ModelNode, RouterNode
+from abflow.serving.ledger import ArmOutcomes
 from abflow.serving.protocol import PredictionRequest
 from abflow.serving.routers import (
     ArmStats,
@@ -22,6 +23,7 @@ from abflow.serving.routers import (
     ThompsonSampling,
     make_router,
     pinned_arm,
+    stats_from_outcomes,
     unit_draw,
 )
 
@@ -255,3 +257,34 @@ def test_epsilon_greedy_tries_every_arm_before_settling() -> None:
     first = router.route(REQUEST)
     router.feedback(first, 0.0)
     assert router.route(REQUEST) != first
+
+
+# --- what mutation testing found unasserted ----------------------------------------------------------
+
+
+def test_a_fresh_router_has_seen_nothing_on_each_of_its_two_arms() -> None:
+    assert ArmStats() == ArmStats(routed=0, feedback=0, reward_sum=0.0)
+    assert RandomABTest(0.5).stats == (ArmStats(), ArmStats())
+
+
+def test_stats_from_outcomes_take_the_ledgers_numbers_and_start_an_unseen_arm_from_nothing() -> None:
+    seen = ArmOutcomes(experiment="e", arm="classifier-2", requests=40, errors={}, latency_buckets=(math.inf,),
+                       latency_counts=(40,), latency_sum=0.4, feedback=30, reward_sum=21.0, reward_sum_squares=21.0,
+                       first_at=1.0, last_at=2.0)
+    assert stats_from_outcomes({"classifier-2": seen}, ["classifier-1", "classifier-2"]) == (
+        ArmStats(), ArmStats(routed=40, feedback=30, reward_sum=21.0))
+
+
+def test_a_salt_longer_than_blake2bs_key_is_cut_to_its_first_64_bytes() -> None:
+    long_salt = "x" * 64 + "anything after the 64th byte"
+    assert unit_draw(long_salt, "user-1") == unit_draw("x" * 64, "user-1")
+
+
+def test_refused_feedback_says_which_arms_exist_and_why() -> None:
+    router = RandomABTest(0.5)
+    with pytest.raises(ValueError, match=r"^RANDOM_ABTEST has arms 0 to 1, got feedback for arm 2$"):
+        router.feedback(2, 1.0)
+    with pytest.raises(ValueError, match=r"^reward must be a finite number, got nan$"):
+        router.feedback(0, math.nan)
+    with pytest.raises(ValueError, match=r"^cannot restore 3 arms' state into a router of 2$"):
+        router.restore([ArmStats()] * 3)
