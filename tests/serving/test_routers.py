@@ -264,6 +264,7 @@ def test_epsilon_greedy_tries_every_arm_before_settling() -> None:
 
 def test_a_fresh_router_has_seen_nothing_on_each_of_its_two_arms() -> None:
     assert ArmStats() == ArmStats(routed=0, feedback=0, reward_sum=0.0)
+    assert ArmStats().mean_reward is None and ArmStats(routed=3, feedback=2, reward_sum=1.0).mean_reward == 0.5
     assert RandomABTest(0.5).stats == (ArmStats(), ArmStats())
 
 
