@@ -33,6 +33,7 @@ from pathlib import Path
 
 import orjson
 
+from abflow.serving.cli import EXPERIMENT_ENV
 from abflow.serving.graph import HEADER_UNIT, GraphError, RouterNode, parse_router_node
 from abflow.serving.ledger import LEDGER_FILE, OutcomeLedger, read_outcomes
 from abflow.serving.limits import MAX_ABS_REWARD
@@ -43,7 +44,6 @@ from abflow.serving.service import Call, Reply, UrlDispatch, status_reply
 
 ROUTE_PATH = "/route"
 FEEDBACK_PATH = "/send-feedback"
-EXPERIMENT_ENV = "ABFLOW_EXPERIMENT"
 DEPLOYMENT_ENV = "SELDON_DEPLOYMENT_ID"
 """Set by Seldon's operator in every container: the SeldonDeployment's name, the salt without an experiment."""
 
