@@ -102,10 +102,19 @@ def test_single_model_tutorial_graph_runs_unchanged(serve_graph: ServeGraph, iri
     assert health["status"] == "ok" and [a["name"] for a in health["arms"]] == ["sklearn-iris-classifier"]
 
 
+def failovers(served: ServedGraph) -> str:
+    """The endpoint's failover counters: ``meta.routing`` names the arm that answered, so requests moved
+    off a slow or restarting arm would skew the split, and a failure should say whether that happened."""
+    text = requests.get(f"{served.url}/metrics", timeout=10).text
+    return "; ".join(line for line in text.splitlines() if line.startswith("abflow_failovers_total")) or "none"
+
+
 def test_even_split_serves_both_arms_in_proportion(tutorial_ab: ServedGraph) -> None:
+    before = failovers(tutorial_ab)
     arms = Counter(answer["meta"]["routing"]["random-ab-test"] for answer in tutorial_ab.predict_many(1000))
     assert arms[0] > 0 and arms[1] > 0 and arms[0] + arms[1] == 1000
-    assert binomtest(arms[0], 1000, 0.5).pvalue >= 0.001
+    assert binomtest(arms[0], 1000, 0.5).pvalue >= 0.001, (
+        f"split {dict(arms)}; failovers before: {before}, after: {failovers(tutorial_ab)}")
 
 
 @pytest.mark.parametrize(("ratio_a", "only_arm"), [("0", 1), ("1", 0)])
