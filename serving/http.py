@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
+from abflow.serving.heap import HeapTrimmer
 from abflow.serving.limits import EndpointLimits
 from abflow.serving.protocol import INTERNAL_ERROR, status_body
 from abflow.serving.service import JSON, OTHER_PATH, Call, Reply, Route, Service, body_too_large, status_reply
@@ -64,6 +65,7 @@ class HttpEndpoint:
                               max_headers=MAX_HEADERS, auto_decompress=False, lingering_time=0)
         self.runner = web.ServerRunner(self.server, shutdown_timeout=DRAIN_SECONDS, access_log=None)
         self._site: web.SockSite | None = None
+        self.heap = HeapTrimmer(lambda: self.metrics.buffered_bytes == 0)
 
     async def start(self, sock: socket.socket) -> None:
         await self.runner.setup()
@@ -208,8 +210,14 @@ class _Reservation:
         return True
 
     def release(self) -> None:
-        self._endpoint.metrics.buffered_bytes -= self._held
+        """Give the share back; the last large body of a burst to go asks for a heap trim."""
+        if not self._held:
+            return
+        metrics = self._endpoint.metrics
+        metrics.buffered_bytes -= self._held
         self._held = 0
+        if metrics.buffered_bytes == 0:
+            self._endpoint.heap.freed()
 
 
 class _Connection(RequestHandler):
