@@ -4,8 +4,9 @@
 # the matching commit). Cached at ~/.cache/abflow/bin/kfp-argo-compile-<release>, so a machine builds a
 # release once and later runs return at once; a change to the main or its go.mod/go.sum rebuilds it.
 #
-# Measured on 2 shared cores, Go 1.26.8: cold (empty module and build caches, modules fetched from the
-# proxy) ≈ 7 min (418 s, beside another Go build); warm (binary cached) ≈ 0.05 s.
+# Measured on 2 cores, Go 1.26.8, nothing else running, right after build-kube.sh on empty caches (it
+# shares some modules and packages with it): 85 s; beside another Go build, caches empty, 418 s. Warm
+# (binary cached) ≈ 0.05 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,9 +5,9 @@
 # go.mod names them v0.0.0). Each binary is cached at ~/.cache/abflow/bin/<name>-<version>, so a
 # machine builds a version once and later runs return at once.
 #
-# Measured on 2 cores shared with other builds (load ≈ 10), Go 1.26.8: cold (empty module and build
-# caches, every module fetched from the proxy) 13 min 52 s wall, 8 min user CPU, for both binaries
-# (kube-apiserver ≈ 100 MB, etcd ≈ 26 MB); warm (binaries cached) 0.05 s.
+# Measured on 2 cores, Go 1.26.8, nothing else running: cold (empty module and build caches, every
+# module fetched from the proxy) 330 s wall for both binaries (kube-apiserver ≈ 100 MB, etcd ≈ 26 MB);
+# on cores shared with other builds (load ≈ 10) it took 13 min 52 s. Warm (binaries cached) 0.05 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
