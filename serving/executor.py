@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import importlib.metadata
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -151,7 +152,9 @@ class Executor:
         self.shadow = shadow
         self._shadow_queue: asyncio.Queue[tuple[Rows, Any]] | None = None
         self._shadow_workers: list[asyncio.Task[None]] = []
-        self.shadow_counts = {"answered": 0, "error": 0, "dropped": 0, "agree": 0, "disagree": 0}
+        self.shadow_counts = {"answered": 0, "error": 0, "dropped": 0, "not_mirrored": 0, "agree": 0,
+                              "disagree": 0}
+        self._mirror_draw = random.Random().random
         if router is None and self.router is not None and ledger is not None and experiment:
             self.router.restore(stats_from_outcomes(read_outcomes(ledger.path, experiment), self._arm_names))
         self._route_headers = tuple(((ROUTE_HEADER, f":{n.name}:"),) if node is not None else () for n in nodes)
@@ -347,7 +350,8 @@ class Executor:
         if self.shadow is not None:
             counts = self.shadow_counts
             compared = counts["agree"] + counts["disagree"]
-            body["shadow"] = {"name": self.shadow.name, "up": self.shadow.up, **counts,
+            body["shadow"] = {"name": self.shadow.name, "up": self.shadow.up,
+                              "fraction": self.graph.shadow_fraction, **counts,
                               "agreement": counts["agree"] / compared if compared else None}
         return Reply(200 if up else 503, orjson.dumps(body))
 
@@ -409,7 +413,11 @@ class Executor:
 
     def _mirror(self, rows: Rows, served: Rows) -> None:
         """Queue a served request for the shadow and return at once: the shadow's answer is only
-        compared (most probable class, row by row) with what was served, never waited for."""
+        compared (most probable class, row by row) with what was served, never waited for. Only the
+        graph's ``shadow_fraction`` of requests is mirrored; the rest are counted as not mirrored."""
+        if self.graph.shadow_fraction < 1.0 and self._mirror_draw() >= self.graph.shadow_fraction:
+            self._count_shadow("not_mirrored")
+            return
         if self._shadow_queue is None:
             self._shadow_queue = asyncio.Queue(SHADOW_QUEUE)
             loop = asyncio.get_running_loop()

@@ -52,6 +52,8 @@ SERVED_METHOD = "predict_proba"
 # what users read in meta.routing and the smoke report matches what they know.
 DEFAULT_ROUTER_NAME = "random-ab-test"
 DEFAULT_ARM_NAMES = ("classifier-1", "classifier-2")
+SHADOW_PREDICTOR = "shadow"
+"""The name abflow gives the predictor marked ``shadow: true`` (Seldon v1 names it nowhere itself)."""
 
 
 class GraphError(ValueError):
@@ -103,7 +105,9 @@ class Graph:
     ``annotations`` are the predictor's annotations (e.g. the tutorial's ``predictor_version``),
     held read-only so a parsed graph can be shared between threads without copying. ``shadow`` is the
     MODEL node of a second predictor marked ``shadow: true`` (named ``shadow_predictor``), which gets
-    a copy of every request and whose answers are compared, never returned.
+    a copy of ``shadow_fraction`` of the served requests and whose answers are compared, never
+    returned. The fraction is the shadow predictor's ``traffic`` as Seldon v1 reads it (its operator
+    sets Istio's mirror percentage from it; 0 or none mirrors everything).
     """
 
     name: str
@@ -115,6 +119,7 @@ class Graph:
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     shadow: ModelNode | None = None
     shadow_predictor: str | None = None
+    shadow_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.annotations, MappingProxyType):
@@ -124,7 +129,8 @@ class Graph:
         """Pickle the annotations as a plain dict (a mappingproxy cannot be pickled), so a graph can
         be handed to a worker process."""
         fields = (self.name, self.predictor, self.root, self.oauth_key, self.oauth_secret, self.api_version)
-        return type(self), (*fields, dict(self.annotations), self.shadow, self.shadow_predictor)
+        return type(self), (*fields, dict(self.annotations), self.shadow, self.shadow_predictor,
+                            self.shadow_fraction)
 
     def model_nodes(self) -> tuple[ModelNode, ...]:
         if isinstance(self.root, RouterNode):
@@ -178,6 +184,7 @@ def parse_graph(document: Mapping[str, Any]) -> Graph:
         annotations=_annotations(predictor.get("annotations"), predictor_name),
         shadow=shadow,
         shadow_predictor=shadow_predictor.get("name") if shadow_predictor is not None else None,
+        shadow_fraction=_mirror_fraction(shadow_predictor) if shadow_predictor is not None else 1.0,
     )
 
 
@@ -283,6 +290,19 @@ def ab_graph(
     return Graph(name=name, predictor="default", root=root)
 
 
+def shadow_graph(name: str, champion_uri: str, challenger_uri: str, fraction: float = 1.0, *,
+                 arm_names: tuple[str, str] = DEFAULT_ARM_NAMES, image: str | None = None) -> Graph:
+    """The graph of a shadow deployment: the champion (``arm_names[0]``) serves every request, and the
+    challenger (``arm_names[1]``) gets a copy of ``fraction`` of them, compared and never returned."""
+    mirror_percent(fraction)
+    if arm_names[0] == arm_names[1]:
+        raise GraphError(f"the champion and the shadow need distinct names, got {arm_names}")
+    champion = ModelNode(arm_names[0], SKLEARN_SERVER, champion_uri, image)
+    challenger = ModelNode(arm_names[1], SKLEARN_SERVER, challenger_uri, image)
+    return Graph(name=name, predictor="default", root=champion, shadow=challenger, shadow_predictor=SHADOW_PREDICTOR,
+                 shadow_fraction=float(fraction))
+
+
 def single_model_graph(name: str, model_uri: str, node_name: str = "classifier", image: str | None = None) -> Graph:
     return Graph(name=name, predictor="default", root=ModelNode(node_name, SKLEARN_SERVER, model_uri, image))
 
@@ -302,8 +322,10 @@ def to_seldon_deployment(graph: Graph) -> dict[str, Any]:
         predictor["annotations"] = dict(graph.annotations)
     spec["predictors"] = [predictor]
     if graph.shadow is not None:
-        shadow: dict[str, Any] = {"name": graph.shadow_predictor or "shadow", "shadow": True,
+        shadow: dict[str, Any] = {"name": graph.shadow_predictor or SHADOW_PREDICTOR, "shadow": True,
                                   "graph": _render_node(graph.shadow)}
+        if graph.shadow_fraction < 1.0:
+            shadow["traffic"] = mirror_percent(graph.shadow_fraction)
         if graph.shadow.image:
             shadow["componentSpecs"] = [{"spec": {"containers": [{"name": graph.shadow.name,
                                                                   "image": graph.shadow.image}]}}]
@@ -382,6 +404,24 @@ def _parse_shadow(predictor: Mapping[str, Any]) -> ModelNode:
     if not isinstance(node, ModelNode):
         raise GraphError(f"shadow predictor {name!r} has a router; a shadow is one MODEL node: give it one model")
     return node
+
+
+def mirror_percent(fraction: float) -> int:
+    """A mirror fraction as the whole percent a shadow predictor's ``traffic`` holds (Seldon's CRD
+    types it as an integer, and Istio mirrors by percent)."""
+    percent = round(fraction * 100)
+    if not 0 < fraction <= 1 or abs(percent - fraction * 100) > 1e-9:
+        raise GraphError(f"the shadow's mirror fraction must be a whole percent in (0, 1] (e.g. 0.25), "
+                         f"got {fraction!r}")
+    return percent
+
+
+def _mirror_fraction(predictor: Mapping[str, Any]) -> float:
+    traffic = predictor.get("traffic", 0)
+    if isinstance(traffic, bool) or not isinstance(traffic, int) or not 0 <= traffic <= 100:
+        raise GraphError(f"traffic of shadow predictor {predictor.get('name')!r} must be a whole percent from 0 "
+                         f"to 100 (the share of requests mirrored to it; 0 or none: all), got {traffic!r}")
+    return traffic / 100 if traffic else 1.0
 
 
 def _container_images(component_specs: object) -> dict[str, str]:

@@ -73,8 +73,8 @@ class ServingMetrics:
                                          "unit of assignment and were split at random, by router node",
                                          ["router"], registry=self.registry)
         self._shadow = Counter("abflow_shadow_requests", "Predictions mirrored to the shadow, by shadow and result: "
-                               "answered, error, or dropped (its queue was full)", ["shadow", "result"],
-                               registry=self.registry)
+                               "answered, error, dropped (its queue was full) or not_mirrored (outside the "
+                               "graph's mirror fraction)", ["shadow", "result"], registry=self.registry)
         self._shadow_rows = Counter("abflow_shadow_rows", "Rows the shadow answered, by whether its most probable "
                                     "class agreed with the served answer's", ["shadow", "agreement"],
                                     registry=self.registry)

@@ -19,6 +19,7 @@ from abflow.serving.graph import (
     ab_graph,
     parse_graph,
     resolve_model_uris,
+    shadow_graph,
     to_seldon_deployment,
 )
 from tests.cluster.test_seldon_manifests import CRD_PATH, check_against_crd
@@ -79,3 +80,35 @@ def test_a_bandit_graph_with_a_shadow_keeps_the_shadow_a_model() -> None:
     serving, shadow = render_seldon_deployment(graph, image="img:1", namespace="models")["spec"]["predictors"]
     assert serving["graph"]["type"] == "ROUTER" and len(serving["componentSpecs"]) == 3
     assert shadow["graph"]["type"] == "MODEL" and len(shadow["componentSpecs"]) == 1
+
+
+@pytest.mark.parametrize(("traffic", "fraction"), [(None, 1.0), (0, 1.0), (25, 0.25), (100, 1.0)])
+def test_the_shadows_traffic_is_its_mirror_percentage_as_seldons_operator_reads_it(traffic: int | None,
+                                                                                  fraction: float) -> None:
+    shadow = {**SHADOW, **({"traffic": traffic} if traffic is not None else {})}
+    graph = parse_graph(shadowed(shadow))
+    assert graph.shadow_fraction == fraction
+    rendered = to_seldon_deployment(graph)["spec"]["predictors"][1]
+    assert rendered.get("traffic") == (traffic if fraction < 1 else None)
+    assert parse_graph(to_seldon_deployment(graph)) == graph
+
+
+@pytest.mark.parametrize("traffic", [101, -1, 2.5, "25", True])
+def test_a_mirror_percentage_that_is_not_a_whole_percent_is_refused(traffic: object) -> None:
+    with pytest.raises(GraphError, match="traffic of shadow predictor 'shadow' must be a whole percent"):
+        parse_graph(shadowed({**SHADOW, "traffic": traffic}))
+
+
+def test_the_pipelines_shadow_graph_serves_the_champion_and_mirrors_a_stated_fraction() -> None:
+    graph = shadow_graph("iris-ab", "gs://b/iris/v1", "gs://b/iris/v2", 0.25, image="img:1")
+    assert [n.name for n in graph.model_nodes()] == ["classifier-1"] and graph.router is None
+    assert graph.shadow == ModelNode("classifier-2", SKLEARN_SERVER, "gs://b/iris/v2", "img:1")
+    assert parse_graph(to_seldon_deployment(graph)) == graph
+    manifest = render_seldon_deployment(graph, image="img:1", namespace="models")
+    crd = yaml.load(CRD_PATH.read_text(), Loader=yaml.CSafeLoader)
+    check_against_crd(manifest, {f"{crd['spec']['group']}/{v['name']}": v["schema"]["openAPIV3Schema"]
+                                 for v in crd["spec"]["versions"]})
+    assert manifest["spec"]["predictors"][1]["traffic"] == 25
+    for fraction in (0.0, 0.333, 1.5):
+        with pytest.raises(GraphError, match="whole percent in"):
+            shadow_graph("iris-ab", "a", "b", fraction)

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,33 @@ def test_when_the_shadows_queue_is_full_a_mirror_is_dropped_and_counted() -> Non
     assert asyncio.run(serve(SHADOW_QUEUE + SHADOW_WORKERS + 7)) == [200] * (SHADOW_QUEUE + SHADOW_WORKERS + 7)
     assert ex.shadow_counts["dropped"] == 7 and ex.shadow_counts["answered"] == 0
     assert metric(ex, "abflow_shadow_requests_total", shadow="challenger", result="dropped") == 7
+
+
+def test_only_the_graphs_mirror_fraction_of_requests_is_mirrored_the_rest_counted() -> None:
+    """2000 requests, a quarter mirrored: 500 expected, and 6 standard deviations (±116) allowed, so the
+    check fails by chance about once in a billion runs."""
+    graph = dataclasses.replace(ab_graph("g", "a", "b", 1.0), shadow=ModelNode("challenger", None, None, None),
+                                shadow_predictor="shadow", shadow_fraction=0.25)
+    ex = Executor(graph, {"classifier-1": "a", "classifier-2": "b", "challenger": "c"},
+                  [FakeArm("classifier-1"), FakeArm("classifier-2")], limits=EndpointLimits(),
+                  shadow=FakeArm("challenger"))
+
+    async def serve(count: int) -> None:
+        for _ in range(count):
+            reply = await ex.handle(Call("POST", "/api/v1.0/predictions", "application/json", None, BODY))
+            assert reply.status == 200
+        await wait_for_shadow(lambda: ex.shadow_counts["answered"] + ex.shadow_counts["not_mirrored"] == count)
+
+    asyncio.run(serve(2000))
+    counts = ex.shadow_counts
+    assert abs(counts["answered"] - 500) <= 116 and counts["dropped"] == counts["error"] == 0
+    assert metric(ex, "abflow_shadow_requests_total", shadow="challenger", result="not_mirrored") == \
+        counts["not_mirrored"]
+
+
+async def wait_for_shadow(done: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        assert loop.time() < deadline, "the shadow's workers did not catch up"
+        await asyncio.sleep(0.01)
