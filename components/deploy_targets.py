@@ -24,7 +24,7 @@ from abflow.components.experiment import (
     parse_ratio_schedule,
     start_experiment,
 )
-from abflow.serving.graph import DEFAULT_ARM_NAMES
+from abflow.serving.graph import AB_MODE, DEFAULT_ARM_NAMES, DEPLOY_MODES, SHADOW_MODE, mirror_percent
 
 TARGETS = ("local", "seldon")
 
@@ -50,9 +50,11 @@ def deploy(
     local_state_dir: str,
     local_port: int,
     experiment_id: str = "",
+    shadow_fraction: float = 0.0,
 ) -> DeployedRecord:
     """Deploy the A/B graph to ``target`` and return its record (previous deployment included).
-    ``experiment_id`` names the experiment the graph serves (empty: none)."""
+    ``experiment_id`` names the experiment the graph serves (empty: none); a ``shadow_fraction`` above
+    0 deploys model B as a shadow of model A instead."""
     if target == "local":
         return local_target.deploy_local(
             model_a_uri=model_a_uri,
@@ -62,6 +64,7 @@ def deploy(
             port=local_port,
             name=name,
             experiment_id=experiment_id,
+            shadow_fraction=shadow_fraction,
         )
     if target == "seldon":
         from abflow.components.seldon_deploy import deploy_ab_seldon
@@ -74,18 +77,21 @@ def deploy(
             image=image,
             namespace=namespace,
             experiment_id=experiment_id,
+            shadow_fraction=shadow_fraction,
         )
     raise ValueError(f"unknown deploy target {target!r}: use one of {', '.join(TARGETS)}")
 
 
 @dataclass(frozen=True)
 class AbDeployment:
-    """A deployed A/B graph, the split it was deployed with, and the experiment it started (``None``
-    when both arms serve the same version: a first deployment is not an experiment)."""
+    """A deployed graph, the split it was deployed with, the experiment it started (``None`` when
+    both arms serve the same version, a first deployment, or for a shadow, which no user sees), and
+    how it was deployed (``mode``: ``ab`` or ``shadow``)."""
 
     record: DeployedRecord
     ratio_a: float
     experiment: Experiment | None
+    mode: str = AB_MODE
 
 
 def deploy_challenger(
@@ -106,12 +112,26 @@ def deploy_challenger(
     local_port: int,
     prometheus_url: str,
     run_id: str,
+    mode: str = AB_MODE,
+    shadow_fraction: float = 1.0,
 ) -> AbDeployment:
     """Deploy champion (arm A) against challenger (arm B) and, when they are different versions, record
     the experiment in the artifact store. With a ``ratio_schedule`` the experiment starts at its
-    first step instead of ``ratio_a``."""
+    first step instead of ``ratio_a``.
+
+    ``mode="shadow"`` deploys the challenger as a shadow of the champion instead, mirrored
+    ``shadow_fraction`` of the traffic: no user sees its answers, so no experiment starts. Without a
+    champion there is nothing to shadow, and the model is deployed as an A/B graph of itself."""
+    if mode not in DEPLOY_MODES:
+        raise ValueError(f"unknown deploy mode {mode!r}: use one of {', '.join(DEPLOY_MODES)}")
     schedule = parse_ratio_schedule(ratio_schedule)
     is_experiment = bool(champion_version) and champion_version != challenger_version
+    if mode == SHADOW_MODE and is_experiment:
+        mirror_percent(shadow_fraction)
+        record = deploy(target, model_a_uri=model_a_uri, model_b_uri=model_b_uri, ratio_a=1.0, image=image,
+                        namespace=namespace, name=name, local_state_dir=local_state_dir, local_port=local_port,
+                        shadow_fraction=shadow_fraction)
+        return AbDeployment(record, 1.0, None, SHADOW_MODE)
     experiment_id = new_experiment_id(model_name) if is_experiment else ""
     first_ratio = schedule[0] if is_experiment and schedule else ratio_a
     record = deploy(target, model_a_uri=model_a_uri, model_b_uri=model_b_uri, ratio_a=first_ratio, image=image,

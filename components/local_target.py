@@ -40,11 +40,14 @@ from urllib.parse import urlparse
 
 from abflow.serving.daemon import DetachError, endpoint_status, start_detached, stop_detached
 from abflow.serving.graph import (
+    AB_MODE,
     DEFAULT_ARM_NAMES,
     DEFAULT_ROUTER_NAME,
+    SHADOW_MODE,
     GraphError,
     ab_graph,
     check_ratio,
+    shadow_graph,
     to_seldon_deployment,
 )
 from abflow.serving.local_files import exclusive_lock, write_atomically
@@ -68,7 +71,8 @@ class LocalRelease:
     """What a deploy put in place, enough to smoke-test it and to start it again on rollback.
 
     ``previous_release`` is the release this one replaced (``None`` for the first), i.e. where a
-    rollback goes.
+    rollback goes. ``mode`` is ``ab`` (arm B gets ``1 - ratio_a`` of the traffic) or ``shadow`` (arm A
+    serves everything, arm B gets a copy of ``shadow_fraction`` of it).
     """
 
     target: str
@@ -88,6 +92,8 @@ class LocalRelease:
     serving_state_dir: str
     deployed_at: str
     experiment_id: str = ""
+    mode: str = AB_MODE
+    shadow_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -118,11 +124,12 @@ class LocalRelease:
 
 def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_root: Path, port: int = 8000,
                  name: str = "iris-ab", host: str = "127.0.0.1", ready_timeout: float = 30.0,
-                 experiment_id: str = "") -> LocalRelease:
+                 experiment_id: str = "", shadow_fraction: float = 0.0) -> LocalRelease:
     """Replace the running A/B graph under ``state_root`` with one serving ``model_a_uri`` (arm A,
     ``ratio_a`` of traffic) and ``model_b_uri``; see the module docstring for the order of steps.
     ``experiment_id`` names the experiment the release serves (empty: none), whose outcomes its
-    endpoint records in its serving state directory.
+    endpoint records in its serving state directory. A ``shadow_fraction`` above 0 deploys
+    ``model_b_uri`` as a shadow of ``model_a_uri`` instead (``ratio_a`` is then 1: arm A serves all).
 
     Raises ``ValueError`` for a bad ``ratio_a``/``port`` and ``DeployError`` when the new release did
     not start (a model that cannot be served, a port held by something else): the running release
@@ -133,8 +140,9 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
         raise ValueError(f"port must be between 1 and 65535, got {port}")
     model_a_uri, model_b_uri = _absolute_uri(model_a_uri), _absolute_uri(model_b_uri)
     try:
-        graph = ab_graph(name, model_a_uri, model_b_uri, ratio_a,
-                         router_name=DEFAULT_ROUTER_NAME, arm_names=DEFAULT_ARM_NAMES)
+        graph = (shadow_graph(name, model_a_uri, model_b_uri, shadow_fraction, arm_names=DEFAULT_ARM_NAMES)
+                 if shadow_fraction else ab_graph(name, model_a_uri, model_b_uri, ratio_a,
+                                                  router_name=DEFAULT_ROUTER_NAME, arm_names=DEFAULT_ARM_NAMES))
     except GraphError as exc:
         raise ValueError(f"cannot build the A/B graph: {exc}") from exc
 
@@ -154,10 +162,11 @@ def deploy_local(*, model_a_uri: str, model_b_uri: str, ratio_a: float, state_ro
         planned = LocalRelease(
             target=TARGET, name=name, release=release, endpoint=f"http://{host}:{port}",
             graph_path=str(graph_path), model_a_uri=model_a_uri, model_b_uri=model_b_uri,
-            ratio_a=float(ratio_a), previous_release=current.release if current else None,
+            ratio_a=1.0 if shadow_fraction else float(ratio_a), previous_release=current.release if current else None,
             router_name=DEFAULT_ROUTER_NAME, arm_names=DEFAULT_ARM_NAMES, host=host, port=port,
             state_root=str(state_root), serving_state_dir=str(_serving_dir(state_root, release)),
             deployed_at=datetime.now(UTC).isoformat(timespec="seconds"), experiment_id=experiment_id,
+            mode=SHADOW_MODE if shadow_fraction else AB_MODE, shadow_fraction=float(shadow_fraction),
         )
         try:
             started = _switch(state_root, planned, current, ready_timeout)

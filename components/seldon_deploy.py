@@ -28,7 +28,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from abflow.components.seldon_manifests import (
@@ -38,7 +38,7 @@ from abflow.components.seldon_manifests import (
     SELDON_PLURAL,
     render_seldon_deployment,
 )
-from abflow.serving.graph import RANDOM_ABTEST, RATIO_PARAMETER, ab_graph, check_ratio
+from abflow.serving.graph import RANDOM_ABTEST, RATIO_PARAMETER, ab_graph, check_ratio, shadow_graph
 
 SELDON_VERSION = "v1"
 AVAILABLE = "Available"
@@ -211,18 +211,26 @@ def deploy_ab_seldon(
     timeout: float = 600,
     api_client: Any = None,
     experiment_id: str = "",
+    shadow_fraction: float = 0.0,
 ) -> SeldonRelease:
     """What the pipeline's deploy-ab step does for target ``seldon``: render the A/B graph (arm A =
-    champion) and deploy it. An empty ``image`` serves the arms with Seldon's SKLEARN_SERVER.
+    champion) and deploy it; with a ``shadow_fraction`` above 0, the champion alone serves and the
+    challenger is a shadow predictor mirrored that fraction (Istio's mirror percentage; the record's
+    ``details`` keep it). An empty ``image`` serves the arms with Seldon's SKLEARN_SERVER.
     ``service_account`` is the model pods' identity (e.g. bound to a Google service account by
     Workload Identity, to read ``gs://`` models); empty keeps the namespace's default account.
     ``experiment_id`` labels the predictor's metrics with the experiment it serves."""
-    graph = ab_graph(name, model_a_uri, model_b_uri, ratio_a)
+    graph = (shadow_graph(name, model_a_uri, model_b_uri, shadow_fraction) if shadow_fraction
+             else ab_graph(name, model_a_uri, model_b_uri, ratio_a))
     manifest = render_seldon_deployment(
         graph, image=image or None, namespace=namespace, service_account=service_account or None,
         experiment_id=experiment_id,
     )
-    return deploy_seldon(manifest, namespace=namespace, timeout=timeout, ingress_url=ingress_url, api_client=api_client)
+    release = deploy_seldon(manifest, namespace=namespace, timeout=timeout, ingress_url=ingress_url,
+                            api_client=api_client)
+    if not shadow_fraction:
+        return release
+    return replace(release, details={**release.details, "shadow_fraction": shadow_fraction})
 
 
 def move_split_seldon(

@@ -98,6 +98,8 @@ class SmokeReport:
     errors_by_status: dict[str, int]
     histogram: LatencyHistogram
     duration_s: float
+    shadow: dict[str, Any] | None = None
+    """A shadow deployment's ``ShadowSummary`` (``abflow.components.shadow_smoke``), as a dict."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,14 +124,20 @@ class SmokeReport:
             values["smoke_arm_a_share"] = self.arm_a_share
         if self.p_value is not None:
             values["smoke_split_p_value"] = self.p_value
+        if self.shadow is not None and self.shadow["measured"]:
+            values["smoke_shadow_mirrored"] = float(self.shadow["mirrored"])
+            values["smoke_shadow_answered"] = float(self.shadow["answered"])
+            if self.shadow["agreement"] is not None:
+                values["smoke_shadow_agreement"] = float(self.shadow["agreement"])
         return values
 
     def describe(self) -> str:
         """One line for a step's log: the split and the tail latency a reader checks first."""
         arms = ", ".join(f"{name} {self.arm_counts.get(name, 0)}" for name in self.arm_names)
         p_value = f"{self.p_value:.2g}" if self.p_value is not None else "n/a"
+        shadow = f"; {_shadow_words(self.shadow)}" if self.shadow is not None else ""
         return (f"{self.valid_responses}/{self.requests} valid; {arms}; split p={p_value} "
-                f"for ratio_a={self.ratio_a:g}; p99 {self.latency_ms['p99']:.1f} ms")
+                f"for ratio_a={self.ratio_a:g}; p99 {self.latency_ms['p99']:.1f} ms{shadow}")
 
 
 @dataclass(frozen=True)
@@ -203,8 +211,12 @@ def _check_data(data: Mapping[str, Any], class_names: Sequence[str], problems: d
 
 def _check_routing(body: Any, router_name: str | None, arm_count: int,
                    problems: dict[str, str]) -> tuple[int | None, str | None]:
+    """The arm ``meta.routing`` names; a graph of one serving model routes nothing, so its
+    responses are that model's (arm 0)."""
     meta = body.get("meta") if isinstance(body, dict) else None
     routing = meta.get("routing") if isinstance(meta, dict) else None
+    if arm_count == 1 and not routing:
+        return 0, None
     if not isinstance(routing, dict) or not routing:
         problems[ROUTING] = f"no meta.routing in meta={_preview(meta)}"
         return None, None
@@ -284,8 +296,10 @@ def _validate_arguments(requests: int, ratio_a: float, concurrency: int, p99_bud
         raise ValueError(f"p99_budget_ms must be a non-negative number of milliseconds, got {p99_budget_ms}")
     if not 0.0 <= min_p_value < 1.0:
         raise ValueError(f"min_p_value must be in [0, 1), got {min_p_value}")
-    if len(arm_names) != 2:
-        raise ValueError(f"an A/B graph has exactly two arms, got arm_names={list(arm_names)}")
+    if len(arm_names) not in (1, 2):
+        raise ValueError(f"an A/B graph has two arms (a model serving alone: one), got arm_names={list(arm_names)}")
+    if len(arm_names) == 1 and ratio_a != 1.0:
+        raise ValueError(f"one arm serves everything: ratio_a must be 1, got {ratio_a:g}")
 
 
 def _send_chunk(url: str, indices: range, headers: Mapping[str, str], router_name: str | None,
@@ -531,6 +545,8 @@ def render_html_report(report: SmokeReport) -> str:
             **report.latency_ms) + f" (budget p99 ≤ {report.p99_budget_ms:g} ms)"),
         ("Errors by status", errors),
     ]
+    if report.shadow is not None:
+        rows.append(("Shadow", esc(_shadow_words(report.shadow))))
     table = "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -542,6 +558,15 @@ def render_html_report(report: SmokeReport) -> str:
         f"<h2>Latency histogram</h2>{_latency_chart(report)}"
         "</body></html>\n"
     )
+
+
+def _shadow_words(shadow: Mapping[str, Any]) -> str:
+    if not shadow["measured"]:
+        return f"{shadow['name']}: agreement not measured on a cluster (Istio discards the shadow's answers)"
+    agreement = f"{shadow['agreement']:.1%}" if shadow["agreement"] is not None else "n/a"
+    return (f"{shadow['name']} (mirrored fraction {shadow['fraction']:g}): {shadow['answered']} of "
+            f"{shadow['mirrored']} mirrored requests answered, {shadow['errors']} errors, {shadow['dropped']} "
+            f"dropped; same most probable class as the served answer in {agreement} of rows")
 
 
 def _arm_chart(report: SmokeReport) -> str:

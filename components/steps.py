@@ -258,8 +258,11 @@ def deploy_ab(
     challenger_version: str,
     prometheus_url: str,
     run_id: str,
+    deploy_mode: str,
+    shadow_fraction: float,
 ) -> NamedTuple(  # type: ignore[valid-type]
-    "DeployOutputs", [("endpoint", str), ("record", str), ("ratio_a", float), ("experiment_id", str)]
+    "DeployOutputs",
+    [("endpoint", str), ("record", str), ("ratio_a", float), ("experiment_id", str), ("mode", str)],
 ):
     """Deploy the A/B graph (RANDOM_ABTEST, arm A the champion with share ``ratio_a``) and keep the
     previous deployment for rollback. When the arms serve different versions this starts an
@@ -274,10 +277,15 @@ def deploy_ab(
         local_state_dir: Where the local target keeps its releases (local target only).
         local_port: Port of the local endpoint (local target only).
         prometheus_url: Where the experiment's outcomes are read on a cluster (seldon target).
+        deploy_mode: ``ab`` (the challenger is arm B) or ``shadow`` (the champion serves everything
+            and the challenger gets a copy of ``shadow_fraction`` of the requests, its answers
+            compared and discarded: no user sees it, so no experiment starts). A first run, with no
+            champion to shadow, deploys as ``ab``.
 
     Returns:
         ratio_a: The split deployed (the schedule's first step when there is one).
         experiment_id: The experiment started, empty when both arms serve the same version.
+        mode: How the challenger was deployed (``ab`` or ``shadow``).
     """
     from abflow.components import steplog
     from abflow.components.deploy_targets import deploy_challenger
@@ -301,18 +309,25 @@ def deploy_ab(
             local_port=local_port,
             prometheus_url=prometheus_url,
             run_id=run_id,
+            mode=deploy_mode,
+            shadow_fraction=shadow_fraction,
         )
     except Exception:
         steplog.note(discard_after_failure(artifact_root, model_name, challenger_version,
                                            local_state_dir=local_state_dir if target == "local" else ""))
         raise
     experiment = deployed.experiment
-    started = (f"; experiment {experiment.id}: champion {experiment.champion.version} vs challenger "
-               f"{experiment.challenger.version}, champion share {deployed.ratio_a:g}" if experiment
-               else "; both arms serve the same version: not an experiment")
+    if deployed.mode == "shadow":
+        started = (f"; challenger {challenger_version} shadows champion {champion_version} on "
+                   f"{shadow_fraction:.0%} of requests: no user sees it, no experiment")
+    elif experiment:
+        started = (f"; experiment {experiment.id}: champion {experiment.champion.version} vs challenger "
+                   f"{experiment.challenger.version}, champion share {deployed.ratio_a:g}")
+    else:
+        started = "; both arms serve the same version: not an experiment"
     steplog.finish(f"deployed {deployed.record.endpoint}{started}")
     return (deployed.record.endpoint, deployed.record.to_json(), deployed.ratio_a,
-            experiment.id if experiment else "")
+            experiment.id if experiment else "", deployed.mode)
 
 
 def smoke_test(
@@ -326,11 +341,14 @@ def smoke_test(
     experiment_id: str,
     challenger_version: str,
     run_id: str,
+    mode: str,
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> None:
     """Send ``requests`` tutorial-format predictions and check status, schema, class names,
-    probabilities, ``meta.routing``, both arms, the arm-A share (binomial test) and p99. On failure
+    probabilities, ``meta.routing``, both arms, the arm-A share (binomial test) and p99; for a
+    ``mode="shadow"`` deployment, the champion alone and then the shadow's counts (answered,
+    errors, agreement with the champion), which the report shows. On failure
     the endpoint is rolled back to the previous deployment, the experiment it started is marked
     rolled back, ``challenger_version`` (stored by this run, served by nothing now) is deleted, and
     the run fails with the reasons."""
@@ -340,7 +358,12 @@ def smoke_test(
     from abflow.components.retention import discard_after_failure
     from abflow.components.smoke import render_html_report, require_pass, run_smoke
 
-    result = run_smoke(endpoint, requests=requests, ratio_a=ratio_a, p99_budget_ms=p99_budget_ms)
+    if mode == "shadow":
+        from abflow.components.shadow_smoke import smoke_shadow_deployment
+
+        result = smoke_shadow_deployment(endpoint, record, requests=requests, p99_budget_ms=p99_budget_ms)
+    else:
+        result = run_smoke(endpoint, requests=requests, ratio_a=ratio_a, p99_budget_ms=p99_budget_ms)
     with open(report.path, "w", encoding="utf-8") as handle:
         handle.write(render_html_report(result))
     for name, value in result.as_metrics().items():
@@ -357,7 +380,8 @@ def smoke_test(
     steplog.finish(f"smoke passed ({result.describe()})")
 
 
-def promote(artifact_root: str, model_name: str, version: str, run_id: str, keep: int, local_state_dir: str) -> str:
+def promote(artifact_root: str, model_name: str, version: str, run_id: str, keep: int, local_state_dir: str,
+            mode: str) -> str:
     """Make the first model that passed its smoke test the champion (arm A of the next run). Once
     there is a champion this leaves it: the experiment decides, in the next run's ``conclude``. The
     champion pointer is swapped atomically, so racing scheduled runs lose no promotion. Then
@@ -375,9 +399,13 @@ def promote(artifact_root: str, model_name: str, version: str, run_id: str, keep
     steplog.note(prune_after_deploy(artifact_root, model_name, keep=keep, deployed=version,
                                     local_state_dir=local_state_dir))
     champion = read_champion(artifact_root, model_name)
-    if champion is not None:
+    if champion is not None and mode == "shadow":
+        steplog.finish(f"champion stays {champion.version}: {version} ran as a shadow, which promotes nothing; "
+                       "deploy it with deploy_mode=ab to A/B-test it")
+    elif champion is not None:
         steplog.finish(f"champion stays {champion.version}: the A/B experiment decides whether {version} replaces "
                        "it (the next run's conclude step)")
+    if champion is not None:
         return champion.version
     champion = promote_version(artifact_root, model_name, version, run_id=run_id)
     steplog.finish(f"first model: champion is now {champion.version}")

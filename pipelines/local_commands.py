@@ -58,6 +58,9 @@ PARAMETER_HELP = {
     "p99_slack_ms": "the latency guardrail: the challenger's p99 may reach 1.2 x the champion's plus this many ms",
     "keep": "retention: after a successful run, keep this many newest model versions (plus every version the "
     "champion, a running experiment or the endpoint uses) and delete the older ones; see also `abflow gc`",
+    "deploy_mode": "ab: the new model is arm B of the A/B test; shadow: the champion serves everyone and the new "
+    "model gets a copy of --shadow-fraction of the requests, compared and never returned (no experiment)",
+    "shadow_fraction": "deploy_mode shadow: the share of requests mirrored to the shadow, a whole percent (e.g. 0.25)",
 }
 PATH_PARAMETERS = ("artifact_root", "local_state_dir")
 

@@ -98,6 +98,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "target": ("local", "seldon"),
     "builder": ("none", "auto", "buildah", "docker", "kaniko"),
     "on_undecided": ("wait", "replace"),
+    "deploy_mode": ("ab", "shadow"),
 }
 
 
@@ -109,7 +110,7 @@ def parameter_problems(values: Mapping[str, Any], spell: Spelling = flag) -> lis
     ``machine_problems``) and ``abflow submit``/``schedule`` (with the cluster checks) call it, so a
     run that could only fail inside a step fails here first, before anything is trained or stored."""
     from abflow.components.experiment import parse_ratio_schedule
-    from abflow.serving.graph import check_ratio
+    from abflow.serving.graph import check_ratio, mirror_percent
 
     problems = []
     for name, value in values.items():
@@ -119,6 +120,11 @@ def parameter_problems(values: Mapping[str, Any], spell: Spelling = flag) -> lis
                 check_ratio(value, spelled)
             except ValueError as error:
                 problems.append(str(error))
+        elif name == "shadow_fraction":
+            try:
+                mirror_percent(value)
+            except (TypeError, ValueError) as error:
+                problems.append(f"{spelled}: {error}")
         elif name == "ratio_schedule":
             try:
                 parse_ratio_schedule(str(value))

@@ -62,6 +62,8 @@ def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any
         challenger_version=stored.outputs["version"],
         prometheus_url=params["prometheus_url"],
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        deploy_mode=params["deploy_mode"],
+        shadow_fraction=params["shadow_fraction"],
     )
     smoked = steps.smoke_test(
         endpoint=deployed.outputs["endpoint"],
@@ -74,6 +76,7 @@ def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any
         experiment_id=deployed.outputs["experiment_id"],
         challenger_version=stored.outputs["version"],
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        mode=deployed.outputs["mode"],
     )
     promoted = steps.promote(
         artifact_root=params["artifact_root"],
@@ -82,6 +85,7 @@ def deploy_new_model(steps: Components, trained: Any, **params: Any) -> list[Any
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         keep=params["keep"],
         local_state_dir=params["local_state_dir"],
+        mode=deployed.outputs["mode"],
     ).after(smoked)
     return [stored, image, kaniko, skipped, deployed, smoked, promoted]
 
@@ -117,7 +121,8 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
         description=(
             "Decide the running A/B experiment (promote the challenger, keep the champion, or wait for "
             "evidence), then retrain the sklearn iris classifier, gate it, store it, build its serving "
-            "image, deploy it as arm B of a RANDOM_ABTEST graph against the champion and smoke-test the "
+            "image, deploy it as arm B of a RANDOM_ABTEST graph against the champion (or, with "
+            "deploy_mode=shadow, as a shadow of the champion that no user sees) and smoke-test the "
             "endpoint (rolling back on failure); a first run promotes its model once it passed."
         ),
     )
@@ -152,6 +157,8 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
         max_duration_hours: float = 0.0,
         keep: int = 5,
         p99_slack_ms: float = 5.0,
+        deploy_mode: str = "ab",
+        shadow_fraction: float = 1.0,
     ) -> None:
         concluded = steps.conclude(
             artifact_root=artifact_root,
@@ -194,6 +201,8 @@ def build_pipeline(components_image: str = DEFAULT_COMPONENTS_IMAGE) -> Any:
                 ratio_schedule=ratio_schedule,
                 prometheus_url=prometheus_url,
                 keep=keep,
+                deploy_mode=deploy_mode,
+                shadow_fraction=shadow_fraction,
             )
         for task in tasks:
             task.set_caching_options(False)

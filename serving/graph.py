@@ -54,6 +54,11 @@ DEFAULT_ROUTER_NAME = "random-ab-test"
 DEFAULT_ARM_NAMES = ("classifier-1", "classifier-2")
 SHADOW_PREDICTOR = "shadow"
 """The name abflow gives the predictor marked ``shadow: true`` (Seldon v1 names it nowhere itself)."""
+AB_MODE = "ab"
+SHADOW_MODE = "shadow"
+DEPLOY_MODES = (AB_MODE, SHADOW_MODE)
+"""How the pipeline deploys a challenger: as arm B of the A/B graph (``ab_graph``), or as a shadow of
+the champion that no user sees (``shadow_graph``)."""
 
 
 class GraphError(ValueError):
