@@ -2,15 +2,16 @@
 
 No controller runs beside the test control plane, so ``SeldonOperatorStandIn`` does, as the admin, the
 little of their work the deploy target observes: for every new generation of a SeldonDeployment it
-applies one Deployment per ``componentSpec`` (named and labelled as Seldon v1 names them, the model
-URIs in its pod template), writes the Deployments' rollout status, and writes the SeldonDeployment's
-``status`` for that generation. When a namespace's scenario says the pods cannot start, it reports
-``Creating`` with a pod stuck in ImagePullBackOff and the operator's warning event instead. With
-``slow_rollout`` it behaves as Seldon v1 does during a rolling update: ``Available`` for the new
-generation at once, while the Deployments still run an old pod, until ``finish_rollouts``.
+applies one Deployment per ``componentSpec`` of every predictor, a shadow's too (named and labelled as
+Seldon v1 names them, the model URIs in its pod template), writes the Deployments' rollout status, and
+writes the SeldonDeployment's ``status`` for that generation. When a namespace's scenario says the pods
+cannot start, it reports ``Creating`` with a pod stuck in ImagePullBackOff and the operator's warning
+event instead. With ``slow_rollout`` it behaves as Seldon v1 does during a rolling update:
+``Available`` for the new generation at once, while the Deployments still run an old pod, until
+``finish_rollouts``.
 
-Everything else — validation, defaulting, pruning, generations, resourceVersions, RBAC, field
-managers — is the real API server's.
+Everything else — validation, defaulting, pruning, generations, resourceVersions, RBAC, field managers
+— is the real API server's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ STORAGE_INITIALIZER_IMAGE = "seldonio/rclone-storage-initializer:1.17.1"
 
 
 def pods_can_start(sdep: dict[str, Any]) -> bool:
-    containers = [c for spec in sdep["spec"]["predictors"][0].get("componentSpecs") or []
+    containers = [c for predictor in sdep["spec"]["predictors"] for spec in predictor.get("componentSpecs") or []
                   for c in spec["spec"]["containers"]]  # fmt: skip
     return all(c.get("image") != MISSING_IMAGE for c in containers)
 
@@ -124,10 +125,16 @@ class SeldonOperatorStandIn:
 
     def _apply_deployments(self, admin: client.ApiClient, sdep: dict[str, Any], rolled_out: bool,
                            rolling: list[str]) -> list[str]:  # fmt: skip
-        """One Deployment per componentSpec; its status what the Deployment controller reports: rolled
-        out, or (adding its name to ``rolling``) one new pod started beside the old one."""
+        """One Deployment per componentSpec of each predictor; its status what the Deployment controller
+        reports: rolled out, or (adding its name to ``rolling``) one new pod started beside the old one."""
+        names = []
+        for predictor in sdep["spec"]["predictors"]:
+            names += self._apply_predictor(admin, sdep, predictor, rolled_out, rolling)
+        return names
+
+    def _apply_predictor(self, admin: client.ApiClient, sdep: dict[str, Any], predictor: dict[str, Any],
+                         rolled_out: bool, rolling: list[str]) -> list[str]:  # fmt: skip
         name, namespace = sdep["metadata"]["name"], sdep["metadata"]["namespace"]
-        predictor = sdep["spec"]["predictors"][0]
         uris = [n["modelUri"] for n in _leaves(predictor["graph"]) if n.get("modelUri")]
         names = []
         for index, component in enumerate(predictor.get("componentSpecs") or []):

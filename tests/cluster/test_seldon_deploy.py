@@ -9,6 +9,7 @@ What no process here runs, Seldon's operator and the Deployment controller, the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +30,7 @@ from abflow.components.seldon_deploy import (
     rollback_seldon,
 )
 from abflow.components.seldon_manifests import RBAC_RULES, ROLE_NAME, SELDON_GROUP, render_seldon_deployment
-from abflow.serving.graph import ab_graph
+from abflow.serving.graph import THOMPSON_SAMPLING, Graph, ab_graph, shadow_graph
 from tests.cluster.namespaces import RUNNER, Namespace, new_namespace
 from tests.cluster.seldon_operator_standin import MISSING_IMAGE
 from tests.fixtures.control_plane import ControlPlane
@@ -300,3 +301,40 @@ def test_model_pods_run_as_the_given_service_account(namespace: Namespace) -> No
     assert [pod["serviceAccountName"] for pod in pods] == ["abflow-model-reader"] * 2
     deployments = namespace.deployments()
     assert [d["spec"]["template"]["spec"]["serviceAccountName"] for d in deployments] == ["abflow-model-reader"] * 2
+
+
+def bandit(graph: Graph) -> Graph:
+    assert graph.router is not None
+    return dataclasses.replace(graph, root=dataclasses.replace(graph.router, implementation=THOMPSON_SAMPLING))
+
+
+TRAFFIC_GRAPHS = {
+    "sticky-tag": lambda: ab_graph("iris-ab", "gs://m/iris/v1", "gs://m/iris/v2", 0.3, unit="tag:user"),
+    "thompson": lambda: bandit(ab_graph("iris-ab", "gs://m/iris/v1", "gs://m/iris/v2", 0.5)),
+    "shadow-25": lambda: shadow_graph("iris-ab", "gs://m/iris/v1", "gs://m/iris/v2", 0.25),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(TRAFFIC_GRAPHS))
+def test_sticky_bandit_and_shadow_graphs_are_stored_as_sent_and_deployed(namespace: Namespace, variant: str) -> None:
+    """The traffic policies' SeldonDeployments through the real API server's CRD schema (which prunes
+    what it does not know, silently), applied and waited for as the pipeline's ServiceAccount."""
+    sent = render_seldon_deployment(TRAFFIC_GRAPHS[variant](), image=GOOD_IMAGE, namespace=namespace.name)
+    record = deploy(namespace, sent)
+    sdep = stored(namespace)
+    assert sdep["spec"] == sent["spec"]
+    assert sdep["status"]["state"] == "Available"
+    assert model_uris(sdep) == record.details["model_uris"] == ["gs://m/iris/v1", "gs://m/iris/v2"]
+    rollback(namespace, record)
+    assert namespace.stored() is None
+
+
+def test_a_shadow_deploy_keeps_its_mirror_fraction_in_the_record(namespace: Namespace) -> None:
+    with namespace.runner_client() as api_client:
+        record = deploy_ab_seldon(name="iris-ab", model_a_uri="gs://m/iris/v1", model_b_uri="gs://m/iris/v2",
+                                  ratio_a=0.5, image=GOOD_IMAGE, namespace=namespace.name, api_client=api_client,
+                                  timeout=10, shadow_fraction=0.25)  # fmt: skip
+    serving, shadow = stored(namespace)["spec"]["predictors"]
+    assert serving["graph"]["type"] == "MODEL" and "shadow" not in serving
+    assert (shadow["shadow"], shadow["traffic"]) == (True, 25)
+    assert SeldonRelease.from_json(record.to_json()).details["shadow_fraction"] == 0.25

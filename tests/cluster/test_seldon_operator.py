@@ -16,14 +16,16 @@ import contextlib
 import io
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
-from abflow.components.seldon_manifests import SELDON_GROUP, SELDON_PLURAL
+from abflow.components.seldon_manifests import SELDON_GROUP, SELDON_PLURAL, render_seldon_deployment
 from abflow.pipelines.cli import main
+from abflow.serving.graph import shadow_graph
 from tests.fixtures.control_plane import ControlPlane
 from tests.fixtures.processes import wait_until
 from tests.fixtures.seldon_operator import EXECUTOR_IMAGE, SELDON_RELEASE, seldon_operator
@@ -48,10 +50,21 @@ def rendered(namespace: str) -> dict[str, Any]:
 def reconciled(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Apply abflow's graph in a namespace of its own and let the operator reconcile it; return the
     Deployments, Services and SeldonDeployment it leaves there."""
+    namespace = new_namespace(control_plane)
+    return reconcile(control_plane, rendered(namespace), tmp_path_factory.mktemp("seldon-operator"))
+
+
+def new_namespace(control_plane: ControlPlane) -> str:
     namespace = f"seldon-operator-{uuid.uuid4().hex[:8]}"
     control_plane.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
-    sdep = rendered(namespace)
-    with seldon_operator(control_plane, namespace, tmp_path_factory.mktemp("seldon-operator")) as operator:
+    return namespace
+
+
+def reconcile(control_plane: ControlPlane, sdep: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Apply ``sdep`` and let the operator reconcile it into Deployments and Services, play the
+    Deployment controller until Seldon reports it Available, and return what is left there."""
+    namespace = sdep["metadata"]["namespace"]
+    with seldon_operator(control_plane, namespace, workdir) as operator:
         control_plane.apply([sdep])
         with control_plane.api_client() as admin:
             apps, core, objects = client.AppsV1Api(admin), client.CoreV1Api(admin), client.CustomObjectsApi(admin)
@@ -179,3 +192,29 @@ def test_the_stored_graph_is_what_abflow_sent(reconciled: dict[str, Any]) -> Non
     stored = reconciled["available"]["spec"]["predictors"][0]
     for field in ("componentSpecs", "graph", "svcOrchSpec", "replicas", "name"):
         assert stored[field] == sent[field], field
+
+
+def test_a_shadow_predictor_is_reconciled_beside_the_serving_one(control_plane: ControlPlane,
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The pipeline's ``deploy_mode=shadow``: the champion alone in the serving predictor's graph, the
+    challenger in a predictor of its own with its own orchestrator, Service and Deployment. (The mirror
+    itself, with its ``traffic`` percentage, is Istio's VirtualService, which the operator writes only
+    with Istio enabled; this cluster has none.)"""
+    namespace = new_namespace(control_plane)
+    graph = shadow_graph("iris-shadow", MODEL_A, MODEL_B, 0.25)
+    sdep = render_seldon_deployment(graph, image=IMAGE, namespace=namespace)
+    made = reconcile(control_plane, sdep, tmp_path_factory.mktemp("seldon-operator-shadow"))
+    by_predictor: dict[str, list[str]] = {}
+    for deployment in made["deployments"]:
+        pod = deployment["spec"]["template"]["spec"]
+        label = deployment["metadata"]["labels"].get("seldon-deployment-id")
+        assert label == "iris-shadow"
+        for container in pod["containers"]:
+            if container["name"] != ORCHESTRATOR:
+                model = container["args"][container["args"].index("--model") + 1]
+                by_predictor.setdefault(container["name"], []).append(model)
+    assert by_predictor == {"classifier-1": [MODEL_A], "classifier-2": [MODEL_B]}
+    services = {s["metadata"]["name"] for s in made["services"]}
+    assert {"iris-shadow-default", "iris-shadow-shadow"} <= services, sorted(services)
+    stored = made["available"]["spec"]["predictors"]
+    assert [(p["name"], p.get("shadow", False), p.get("traffic")) for p in stored][1] == ("shadow", True, 25)
