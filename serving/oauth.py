@@ -186,7 +186,7 @@ class TokenIssuer:
             raise OAuthError(503, "temporarily_unavailable",
                              f"{self._max_tokens} tokens are live, the most this endpoint holds: reuse the "
                              "token you have, or retry once some expire", retry_after=60.0)
-        token = secrets.token_urlsafe(24)
+        token = secrets.token_hex(24)  # hex: a token starting with '-' would read as a flag in `--token $TOKEN`
         self._expiry[token] = (now + self._ttl, client)
         mine.append(token)
         return token

@@ -118,3 +118,13 @@ def test_buckets_forget_full_keys_past_their_table_size() -> None:
     assert buckets.take("b") == 0.0
     assert len(buckets._buckets) == 1  # noqa: SLF001 - the table shrank to the one live key
     assert buckets.take("b") == 0.0 and buckets.take("b") == pytest.approx(1.0)
+
+
+def test_tokens_are_hex_so_none_reads_as_a_flag_on_a_command_line() -> None:
+    """``abflow predict --token $TOKEN`` failed when a URL-safe token began with '-'."""
+    clock = Clock()
+    tokens = issuer(clock)
+    issued = []
+    for i in range(ADDRESS_BURST):
+        issued.append(token(tokens, remote=f"10.0.1.{i}"))
+    assert all(len(value) == 48 and set(value) <= set("0123456789abcdef") for value in issued)
