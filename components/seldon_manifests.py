@@ -50,6 +50,8 @@ ROUTING_INJECTION_ENV = {"name": "SELDON_ENABLE_ROUTING_INJECTION", "value": "tr
 SERVING_PORT = 9000
 # The serving image's entry point runs a model server; a router node runs the router server instead.
 ROUTER_COMMAND = ("python3", "-m", "abflow.serving.routerserver")
+ROUTER_STATE_VOLUME = "router-state"
+ROUTER_STATE_DIR = "/var/lib/abflow/router"
 SERVING_PORT_NAME = "http"
 READINESS_PATH = "/ready"
 LIVENESS_PATH = "/health/ping"
@@ -93,6 +95,7 @@ def render_seldon_deployment(
     namespace: str,
     service_account: str | None = None,
     experiment_id: str = "",
+    router_state_claim: str | None = None,
 ) -> dict[str, Any]:
     """The SeldonDeployment (``machinelearning.seldon.io/v1``) the ``seldon`` target applies.
 
@@ -103,8 +106,14 @@ def render_seldon_deployment(
     ``gs://`` models. ``experiment_id`` (the experiment the deployment serves) becomes each predictor's
     ``version`` annotation and label, which Seldon's orchestrator and model containers put on their
     metrics as ``predictor_version``: how ``components/prometheus_outcomes.py`` tells this
-    experiment's series from the previous one's.
+    experiment's series from the previous one's. ``router_state_claim`` names a PersistentVolumeClaim
+    that a sticky or bandit router (abflow's router server) keeps its outcome ledger on, so a bandit
+    restarted or rescheduled resumes what it learned; the ledger is kept per experiment, so it needs
+    ``experiment_id``.
     """
+    if router_state_claim and not experiment_id:
+        raise ValueError("a router's state on a volume is kept per experiment: give the experiment id "
+                         "(abflow render --experiment ID) with the claim")
     manifest = to_seldon_deployment(graph)
     node_images = {node.name: node.image for node in graph.model_nodes() if node.image}
     manifest["apiVersion"] = SELDON_API_VERSION
@@ -126,7 +135,8 @@ def render_seldon_deployment(
         ]
         if graph.router is not None and needs_router_server(graph.router) and not predictor.get("shadow"):
             router_image = image or next(iter(node_images.values()), None)
-            router_pod = _serve_router(predictor["graph"], graph.router, router_image, graph.name, experiment_id)
+            router_pod = _serve_router(predictor["graph"], graph.router, router_image, graph.name, experiment_id,
+                                       router_state_claim)
             predictor["componentSpecs"].append(router_pod)
     return manifest
 
@@ -138,10 +148,11 @@ def needs_router_server(router: RouterNode) -> bool:
 
 
 def _serve_router(node: dict[str, Any], router: RouterNode, image: str | None, graph_name: str,
-                  experiment_id: str) -> dict[str, Any]:
+                  experiment_id: str, state_claim: str | None = None) -> dict[str, Any]:
     """Rewrite the router node as a custom ROUTER on abflow's image and return its pod: one replica, so
     one state learns from every feedback (Seldon's orchestrator sends each to the router that chose).
-    The experiment id, when there is one, salts a sticky split as it does under ``abflow serve``."""
+    The experiment id, when there is one, salts a sticky split as it does under ``abflow serve``;
+    ``state_claim`` mounts a PersistentVolumeClaim for the router's outcome ledger."""
     if image is None:
         raise ValueError(f"router {router.name!r} ({router.implementation}{', sticky' if router.unit else ''}) runs "
                          "abflow's router server, which needs abflow's serving image: pass --image")
@@ -155,6 +166,8 @@ def _serve_router(node: dict[str, Any], router: RouterNode, image: str | None, g
             "--host", "0.0.0.0", "--port", str(SERVING_PORT)]
     if experiment_id:
         args += ["--experiment", experiment_id]
+    if state_claim:
+        args += ["--state-dir", ROUTER_STATE_DIR]
     for key in ("implementation", "parameters"):
         node.pop(key, None)
     node["type"] = "ROUTER"
@@ -169,7 +182,11 @@ def _serve_router(node: dict[str, Any], router: RouterNode, image: str | None, g
         "livenessProbe": _probe(LIVENESS_PATH, initial_delay=5),
         "resources": copy.deepcopy(ORCHESTRATOR_RESOURCES),
     }
-    return {"spec": {"containers": [container]}, "replicas": 1}
+    pod: dict[str, Any] = {"containers": [container]}
+    if state_claim:
+        container["volumeMounts"] = [{"name": ROUTER_STATE_VOLUME, "mountPath": ROUTER_STATE_DIR}]
+        pod["volumes"] = [{"name": ROUTER_STATE_VOLUME, "persistentVolumeClaim": {"claimName": state_claim}}]
+    return {"spec": pod, "replicas": 1}
 
 
 def render_rbac(
@@ -222,10 +239,13 @@ def render_all(
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     runner_namespace: str | None = None,
     model_service_account: str | None = None,
+    experiment_id: str = "",
+    router_state_claim: str | None = None,
 ) -> list[dict[str, Any]]:
     """Everything the ``seldon`` target needs, SeldonDeployment first, in ``kubectl apply`` order."""
     deployment = render_seldon_deployment(
-        graph, image=image, namespace=namespace, service_account=model_service_account
+        graph, image=image, namespace=namespace, service_account=model_service_account, experiment_id=experiment_id,
+        router_state_claim=router_state_claim,
     )
     return [deployment, *render_rbac(namespace, service_account, runner_namespace=runner_namespace)]
 

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from abflow.serving.graph import RANDOM_ABTEST, ROUTER_IMPLEMENTATIONS
+
 DEFAULT_PIPELINE_YAML = Path(__file__).resolve().parent / "iris_ab_pipeline.yaml"
 DEFAULT_EXPERIMENT = "abflow"
 HOST_ENV = "KF_PIPELINES_ENDPOINT"
@@ -73,6 +75,10 @@ def _add_render(subparsers: Any) -> None:
             "  abflow render --target seldon --model-a gs://bucket/abflow/models/iris/v1 \\\n"
             "      --model-b gs://bucket/abflow/models/iris/v2 --ratio-a 0.3 \\\n"
             "      --image europe-docker.pkg.dev/proj/abflow/iris-server:3f2a9c --namespace seldon\n"
+            "  abflow render --model-a gs://b/iris/v1 --model-b gs://b/iris/v2 --router THOMPSON_SAMPLING \\\n"
+            "      --image europe-docker.pkg.dev/proj/abflow/iris-server:3f2a9c --experiment iris-nightly \\\n"
+            "      --router-state-claim iris-router-state\n"
+            "  abflow render --model-a gs://b/iris/v1 --model-b gs://b/iris/v2 --shadow-fraction 0.25\n"
             "  abflow render --target seldon --model-a gs://bucket/abflow/models/iris/v1 | kubectl apply -f -\n"
             "  abflow render --rbac-only --namespace seldon --runner-namespace kubeflow | kubectl apply -f -"
         ),
@@ -101,6 +107,19 @@ def _add_render(subparsers: Any) -> None:
         "--runner-namespace", help="namespace KFP runs pipeline pods in (e.g. kubeflow; default: --namespace)"
     )
     render.add_argument("--model-service-account", help="identity of the model pods, for reading gs:// models")
+    policy = render.add_argument_group("traffic policy (default: Seldon's own RANDOM_ABTEST coin flip)")
+    policy.add_argument("--router", choices=ROUTER_IMPLEMENTATIONS, default=RANDOM_ABTEST,
+                        help="the router over the two arms; a bandit learns from feedback and ignores --ratio-a")
+    policy.add_argument("--unit", metavar="tag:KEY",
+                        help="sticky split: the meta.tags key naming the unit of assignment, e.g. tag:user")
+    policy.add_argument("--shadow-fraction", type=float, metavar="F",
+                        help="deploy --model-b as a shadow of --model-a, mirrored this share of requests "
+                        "(a whole percent, e.g. 0.25), instead of an A/B split")
+    policy.add_argument("--experiment", default="", metavar="ID",
+                        help="the experiment the graph serves: labels its metrics and salts a sticky split")
+    policy.add_argument("--router-state-claim", metavar="PVC",
+                        help="PersistentVolumeClaim a sticky or bandit router keeps its outcome ledger on, so a "
+                        "restarted router resumes what it learned (needs --experiment)")
     render.set_defaults(handler=_render)
 
 
@@ -188,7 +207,7 @@ def _add_schedule(subparsers: Any) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from abflow.components.seldon_manifests import render_all, render_rbac, to_yaml
-    from abflow.serving.graph import GraphError, ab_graph, single_model_graph
+    from abflow.serving.graph import GraphError, ab_graph, shadow_graph, single_model_graph
 
     if args.rbac_only:
         rbac = render_rbac(args.namespace, args.service_account, runner_namespace=args.runner_namespace)
@@ -198,11 +217,12 @@ def _render(args: argparse.Namespace) -> int:
         print("abflow render: --model-a is required (or --rbac-only for the RBAC alone)", file=sys.stderr)
         return 2
     try:
-        graph = (
-            ab_graph(args.name, args.model_a, args.model_b, args.ratio_a)
-            if args.model_b
-            else single_model_graph(args.name, args.model_a)
-        )
+        if args.model_b and args.shadow_fraction is not None:
+            graph = shadow_graph(args.name, args.model_a, args.model_b, args.shadow_fraction)
+        elif args.model_b:
+            graph = ab_graph(args.name, args.model_a, args.model_b, args.ratio_a, unit=args.unit, router=args.router)
+        else:
+            graph = single_model_graph(args.name, args.model_a)
         documents = render_all(
             graph,
             image=args.image,
@@ -210,6 +230,8 @@ def _render(args: argparse.Namespace) -> int:
             service_account=args.service_account,
             runner_namespace=args.runner_namespace,
             model_service_account=args.model_service_account,
+            experiment_id=args.experiment,
+            router_state_claim=args.router_state_claim,
         )
     except (GraphError, ValueError) as exc:
         print(f"abflow render: {exc}", file=sys.stderr)

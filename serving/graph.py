@@ -278,9 +278,13 @@ def ab_graph(
     arm_names: tuple[str, str] = DEFAULT_ARM_NAMES,
     image: str | None = None,
     unit: str | None = None,
+    router: str = RANDOM_ABTEST,
 ) -> Graph:
     """The champion/challenger graph the pipeline deploys: arm A (child 0) gets ``ratio_a`` of traffic,
-    of units when ``unit`` (``header:NAME`` or ``tag:KEY``) makes the split sticky."""
+    of units when ``unit`` (``header:NAME`` or ``tag:KEY``) makes the split sticky; ``router`` may be a
+    bandit instead (``EPSILON_GREEDY``, ``THOMPSON_SAMPLING``), which ignores ``ratio_a``."""
+    if router not in ROUTER_IMPLEMENTATIONS:
+        raise GraphError(f"router {router!r} is not one abflow runs: use one of {', '.join(ROUTER_IMPLEMENTATIONS)}")
     _check_ratio(ratio_a, router_name)
     if unit is not None:
         parse_unit(unit, router_name)
@@ -291,7 +295,7 @@ def ab_graph(
     names = [router_name, *arm_names]
     if len(set(names)) != len(names):
         raise GraphError(f"router and arm names must be distinct, got {names}")
-    root = RouterNode(router_name, RANDOM_ABTEST, float(ratio_a), arms, unit=unit)
+    root = RouterNode(router_name, router, float(ratio_a), arms, unit=unit)
     return Graph(name=name, predictor="default", root=root)
 
 

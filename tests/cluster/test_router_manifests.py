@@ -4,7 +4,9 @@ carry it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 import yaml
 
 from abflow.components.seldon_manifests import ROUTER_COMMAND, SERVING_PORT, render_seldon_deployment
+from abflow.pipelines.cli import main
 from abflow.serving.graph import EPSILON_GREEDY, THOMPSON_SAMPLING, Graph, ab_graph, parse_router_node
 from tests.cluster.test_seldon_manifests import CRD_PATH, IMAGE, URI_A, URI_B, check_against_crd
 
@@ -85,3 +88,46 @@ def test_a_header_unit_cannot_reach_a_seldon_v1_router_and_says_to_use_a_tag() -
 def test_a_router_server_needs_abflows_image() -> None:
     with pytest.raises(ValueError, match="needs abflow's serving image: pass --image"):
         render_seldon_deployment(bandit(THOMPSON_SAMPLING), image=None, namespace="models")
+
+
+def render_cli(*flags: str) -> tuple[int, list[dict[str, Any]], str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["render", "--model-a", URI_A, "--model-b", URI_B, "--image", IMAGE, *flags])
+    return code, list(yaml.safe_load_all(out.getvalue())) if code == 0 else [], err.getvalue()
+
+
+def test_abflow_render_writes_a_bandit_whose_state_lives_on_a_claim(schemas: dict[str, Any]) -> None:
+    code, documents, _ = render_cli("--router", "THOMPSON_SAMPLING", "--experiment", "iris-nightly",
+                                    "--router-state-claim", "iris-router-state")
+    assert code == 0
+    manifest = documents[0]
+    check_against_crd(manifest, schemas)
+    pods = {c["spec"]["containers"][0]["name"]: c["spec"] for c in manifest["spec"]["predictors"][0]["componentSpecs"]}
+    router = pods["random-ab-test"]
+    (container,) = router["containers"]
+    args = container["args"]
+    assert parse_router_node(json.loads(args[args.index("--node") + 1])).implementation == THOMPSON_SAMPLING
+    assert args[args.index("--experiment") + 1] == "iris-nightly"
+    state_dir = args[args.index("--state-dir") + 1]
+    assert container["volumeMounts"] == [{"name": "router-state", "mountPath": state_dir}]
+    assert router["volumes"] == [{"name": "router-state", "persistentVolumeClaim": {"claimName": "iris-router-state"}}]
+    assert "volumes" not in pods["classifier-1"], "the arms keep no state"
+
+
+def test_a_state_claim_without_an_experiment_is_refused_with_the_fix() -> None:
+    code, _, err = render_cli("--router", "EPSILON_GREEDY", "--router-state-claim", "iris-router-state")
+    assert code == 2 and "abflow render --experiment ID" in err
+
+
+def test_abflow_render_writes_sticky_and_shadow_graphs(schemas: dict[str, Any]) -> None:
+    code, documents, _ = render_cli("--unit", "tag:user", "--ratio-a", "0.3")
+    assert code == 0
+    args = documents[0]["spec"]["predictors"][0]["componentSpecs"][2]["spec"]["containers"][0]["args"]
+    router = parse_router_node(json.loads(args[args.index("--node") + 1]))
+    assert (router.unit, router.ratio_a) == ("tag:user", 0.3)
+    code, documents, _ = render_cli("--shadow-fraction", "0.25")
+    assert code == 0
+    check_against_crd(documents[0], schemas)
+    serving, shadow = documents[0]["spec"]["predictors"]
+    assert serving["graph"]["type"] == "MODEL" and (shadow["shadow"], shadow["traffic"]) == (True, 25)

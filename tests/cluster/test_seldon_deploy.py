@@ -313,13 +313,16 @@ TRAFFIC_GRAPHS = {
     "thompson": lambda: bandit(ab_graph("iris-ab", "gs://m/iris/v1", "gs://m/iris/v2", 0.5)),
     "shadow-25": lambda: shadow_graph("iris-ab", "gs://m/iris/v1", "gs://m/iris/v2", 0.25),
 }
+ROUTER_STATE = {"thompson": {"experiment_id": "iris-e1", "router_state_claim": "iris-router-state"}}
+"""The bandit also keeps its state on a claim: the volume and its mount must survive pruning too."""
 
 
 @pytest.mark.parametrize("variant", sorted(TRAFFIC_GRAPHS))
 def test_sticky_bandit_and_shadow_graphs_are_stored_as_sent_and_deployed(namespace: Namespace, variant: str) -> None:
     """The traffic policies' SeldonDeployments through the real API server's CRD schema (which prunes
     what it does not know, silently), applied and waited for as the pipeline's ServiceAccount."""
-    sent = render_seldon_deployment(TRAFFIC_GRAPHS[variant](), image=GOOD_IMAGE, namespace=namespace.name)
+    sent = render_seldon_deployment(TRAFFIC_GRAPHS[variant](), image=GOOD_IMAGE, namespace=namespace.name,
+                                    **ROUTER_STATE.get(variant, {}))
     record = deploy(namespace, sent)
     sdep = stored(namespace)
     assert sdep["spec"] == sent["spec"]
