@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from requests import RequestException, Session, Timeout, post
+from requests import RequestException, Session, Timeout, get, post
 from scipy.stats import binomtest
 
 from abflow.serving.artifact import DEFAULT_CLASS_NAMES, DEFAULT_FEATURE_NAMES
@@ -100,6 +100,8 @@ class SmokeReport:
     duration_s: float
     shadow: dict[str, Any] | None = None
     """A shadow deployment's ``ShadowSummary`` (``abflow.components.shadow_smoke``), as a dict."""
+    failovers: int = 0
+    """Requests the executor moved off their routed arm (down or too slow) during the test."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,8 +138,9 @@ class SmokeReport:
         arms = ", ".join(f"{name} {self.arm_counts.get(name, 0)}" for name in self.arm_names)
         p_value = f"{self.p_value:.2g}" if self.p_value is not None else "n/a"
         shadow = f"; {_shadow_words(self.shadow)}" if self.shadow is not None else ""
+        moved = f"; {self.failovers} failed over, the split judged as routed" if self.failovers else ""
         return (f"{self.valid_responses}/{self.requests} valid; {arms}; split p={p_value} "
-                f"for ratio_a={self.ratio_a:g}; p99 {self.latency_ms['p99']:.1f} ms{shadow}")
+                f"for ratio_a={self.ratio_a:g}; p99 {self.latency_ms['p99']:.1f} ms{moved}{shadow}")
 
 
 @dataclass(frozen=True)
@@ -245,28 +248,62 @@ def run_smoke(endpoint_url: str, *, requests: int = 200, ratio_a: float,
               class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
               arm_names: Sequence[str] = DEFAULT_ARM_NAMES,
               p99_budget_ms: float = 500, concurrency: int = 4, min_p_value: float = 0.001,
-              timeout: float = 10, oauth: tuple[str, str] | None = None) -> SmokeReport:
+              timeout: float = 10, oauth: tuple[str, str] | None = None,
+              count_failovers: bool = False) -> SmokeReport:
     """Send ``requests`` tutorial-format predictions over ``concurrency`` keep-alive connections and
     judge the answers. Never raises for a misbehaving endpoint (that is a failed report; see
     ``require_pass``); raises ``ValueError`` only for arguments that make the test meaningless.
 
     ``oauth`` is a graph's ``(spec.oauth_key, spec.oauth_secret)``: graphs like the tutorial's only
     answer callers holding a bearer token from ``POST /oauth/token``, as Seldon's gateway did.
+
+    ``count_failovers`` (abflow's own executor, whose ``/metrics`` count ``abflow_failovers_total``):
+    a request whose routed arm was down or too slow is answered by the other arm, and ``meta.routing``
+    names the arm that answered, so on a loaded machine the answered split drifts from the router's.
+    The split is then judged on the router's choices: each failover counted back to its routed arm.
     """
     _validate_arguments(requests, ratio_a, concurrency, p99_budget_ms, min_p_value, arm_names)
     url = predictions_url(endpoint_url)
     started = time.perf_counter()
     headers, token_failure = _auth_headers(url, oauth, timeout)
+    moved_before = _failovers(endpoint_url, arm_names, timeout) if count_failovers else None
     workers = min(concurrency, requests)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smoke") as pool:
         chunks = pool.map(lambda w: _send_chunk(url, range(w, requests, workers), headers, router_name,
                                                 class_names, len(arm_names), timeout), range(workers))
         observations = [obs for chunk in chunks for obs in chunk]
     duration = time.perf_counter() - started
+    moved: Counter[tuple[int, int]] = Counter()
+    if moved_before is not None:
+        moved = (_failovers(endpoint_url, arm_names, timeout) or Counter()) - moved_before
     return judge(observations, endpoint_url=endpoint_url, ratio_a=ratio_a, router_name=router_name,
                  class_names=class_names, arm_names=arm_names, p99_budget_ms=p99_budget_ms,
                  min_p_value=min_p_value, timeout=timeout, duration_s=duration,
-                 extra_failures=[token_failure] if token_failure else [])
+                 extra_failures=[token_failure] if token_failure else [], failovers=moved)
+
+
+def _failovers(endpoint_url: str, arm_names: Sequence[str], timeout: float) -> Counter[tuple[int, int]] | None:
+    """``abflow_failovers_total`` by (routed arm, answering arm) index, from the executor's ``/metrics``;
+    ``None`` when the endpoint has none (not abflow's executor)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = endpoint_url.rstrip("/").removesuffix(PREDICTIONS_PATH).removesuffix("/api/v0.1/predictions")
+    try:
+        response = get(f"{base}/metrics", timeout=timeout)
+    except RequestException:
+        return None
+    if response.status_code != 200:
+        return None
+    counts: Counter[tuple[int, int]] = Counter()
+    index = {name: i for i, name in enumerate(arm_names)}
+    for family in text_string_to_metric_families(response.text):
+        if family.name != "abflow_failovers":
+            continue
+        for sample in family.samples:
+            routed, answered = index.get(sample.labels.get("arm", "")), index.get(sample.labels.get("to", ""))
+            if sample.name.endswith("_total") and routed is not None and answered is not None:
+                counts[(routed, answered)] += int(sample.value)
+    return counts
 
 
 def _auth_headers(url: str, oauth: tuple[str, str] | None, timeout: float) -> tuple[dict[str, str], str | None]:
@@ -352,8 +389,9 @@ def _error_info(content: bytes) -> str:
 def judge(observations: Sequence[Observation], *, endpoint_url: str, ratio_a: float,
           router_name: str | None, class_names: Sequence[str], arm_names: Sequence[str],
           p99_budget_ms: float, min_p_value: float, timeout: float, duration_s: float,
-          extra_failures: Sequence[str] = ()) -> SmokeReport:
-    """Turn raw observations into a report; separate from sending so the verdict logic reads alone."""
+          extra_failures: Sequence[str] = (), failovers: Mapping[tuple[int, int], int] | None = None) -> SmokeReport:
+    """Turn raw observations into a report; separate from sending so the verdict logic reads alone.
+    ``failovers`` (routed arm, answering arm) → count are counted back to the routed arm for the split."""
     total = len(observations)
     failures: list[str] = list(extra_failures)
     errors_by_status: Counter[str] = Counter()
@@ -386,12 +424,18 @@ def judge(observations: Sequence[Observation], *, endpoint_url: str, ratio_a: fl
             failures.append(_problem_failure(category, problem_counts[category], total,
                                              problem_examples[category], expected_names, router_name))
 
-    routed = sum(arm_hits.values())
     arm_counts = {name: arm_hits[index] for index, name in enumerate(arm_names)}
-    share = arm_hits[0] / routed if routed else None
-    p_value = float(binomtest(arm_hits[0], routed, ratio_a).pvalue) if routed else None
+    moved = sum((failovers or {}).values())
+    routed_hits = Counter(arm_hits)
+    for (routed_arm, answered_arm), count in (failovers or {}).items():
+        count = min(count, routed_hits[answered_arm])  # only what the test saw answered can move back
+        routed_hits[routed_arm] += count
+        routed_hits[answered_arm] -= count
+    routed = sum(routed_hits.values())
+    share = routed_hits[0] / routed if routed else None
+    p_value = float(binomtest(routed_hits[0], routed, ratio_a).pvalue) if routed else None
     if routed:
-        failures.extend(_split_failures(arm_hits, routed, ratio_a, arm_names, p_value, min_p_value,
+        failures.extend(_split_failures(arm_hits, routed_hits, ratio_a, arm_names, p_value, min_p_value,
                                         seen_router))
 
     latencies = np.array([obs.latency_ms for obs in observations if obs.latency_ms is not None], dtype=float)
@@ -408,7 +452,7 @@ def judge(observations: Sequence[Observation], *, endpoint_url: str, ratio_a: fl
         valid_responses=valid, ratio_a=ratio_a, router_name=seen_router, arm_names=list(arm_names),
         arm_counts=arm_counts, arm_a_share=share, p_value=p_value, min_p_value=min_p_value,
         latency_ms=latency, p99_budget_ms=p99_budget_ms, errors_by_status=dict(errors_by_status),
-        histogram=_histogram(observations, arm_names), duration_s=duration_s,
+        histogram=_histogram(observations, arm_names), duration_s=duration_s, failovers=moved,
     )
 
 
@@ -452,10 +496,14 @@ def _problem_failure(category: str, count: int, total: int, example: str, expect
             "and on Seldon set SELDON_ENABLE_ROUTING_INJECTION=true on the orchestrator")
 
 
-def _split_failures(arm_hits: Mapping[int, int], routed: int, ratio_a: float, arm_names: Sequence[str],
-                    p_value: float | None, min_p_value: float, router_name: str | None) -> list[str]:
-    """Arm coverage first (the actionable one); the binomial test only when coverage is as expected,
-    since a dead arm would fail it too and say less."""
+def _split_failures(arm_hits: Mapping[int, int], routed_hits: Mapping[int, int], ratio_a: float,
+                    arm_names: Sequence[str], p_value: float | None, min_p_value: float,
+                    router_name: str | None) -> list[str]:
+    """Arm coverage first (the actionable one), on the arms that answered: an arm every request
+    failed over from answered nothing. Then the binomial test on the router's choices
+    (``routed_hits``), only when coverage is as expected, since a dead arm would fail it too and say
+    less."""
+    routed = sum(routed_hits.values())
     expected_arms = [index for index, share in enumerate((ratio_a, 1.0 - ratio_a)) if share > 0]
     router = router_name or DEFAULT_ROUTER_NAME
     failures = []
@@ -466,16 +514,16 @@ def _split_failures(arm_hits: Mapping[int, int], routed: int, ratio_a: float, ar
                 f"smoke: 0 of {routed} responses came from arm {index} ({name}) although "
                 f"ratio_a={ratio_a:g}: check that both arms are up (`abflow status`) and that the "
                 f"router {router!r} has ratioA={ratio_a:g} in the deployed graph")
-        elif index not in expected_arms and hits > 0:
+        elif index not in expected_arms and routed_hits.get(index, 0) > 0:
             failures.append(
-                f"smoke: {hits} of {routed} responses came from arm {index} ({name}) although "
+                f"smoke: {routed_hits.get(index, 0)} of {routed} responses came from arm {index} ({name}) although "
                 f"ratio_a={ratio_a:g} sends it no traffic: the deployed graph's ratioA differs from "
                 "the one the pipeline asked for; redeploy, or pass the deployed ratio_a to the smoke test")
     if failures or p_value is None or p_value >= min_p_value:
         return failures
-    share = arm_hits.get(0, 0) / routed
+    share = routed_hits.get(0, 0) / routed
     return [
-        f"smoke: arm A ({arm_names[0]}) served {arm_hits.get(0, 0)} of {routed} responses "
+        f"smoke: the router sent arm A ({arm_names[0]}) {routed_hits.get(0, 0)} of {routed} requests "
         f"({share:.1%}) but ratio_a={ratio_a:g} (two-sided binomial test p={p_value:.2g} < {min_p_value:g}): "
         f"the router {router!r} does not split as deployed; check its ratioA (`abflow status` shows the "
         "graph) and that the smoke test was given the same ratio_a"

@@ -352,6 +352,8 @@ def smoke_test(
     the endpoint is rolled back to the previous deployment, the experiment it started is marked
     rolled back, ``challenger_version`` (stored by this run, served by nothing now) is deleted, and
     the run fails with the reasons."""
+    import json
+
     from abflow.components import steplog
     from abflow.components.deploy_targets import rollback
     from abflow.components.experiment import mark_rolled_back, update_experiment
@@ -363,7 +365,9 @@ def smoke_test(
 
         result = smoke_shadow_deployment(endpoint, record, requests=requests, p99_budget_ms=p99_budget_ms)
     else:
-        result = run_smoke(endpoint, requests=requests, ratio_a=ratio_a, p99_budget_ms=p99_budget_ms)
+        local = json.loads(record).get("target") == "local"  # abflow's executor, which counts its failovers
+        result = run_smoke(endpoint, requests=requests, ratio_a=ratio_a, p99_budget_ms=p99_budget_ms,
+                           count_failovers=local)
     with open(report.path, "w", encoding="utf-8") as handle:
         handle.write(render_html_report(result))
     for name, value in result.as_metrics().items():

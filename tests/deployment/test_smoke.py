@@ -22,8 +22,12 @@ from typing import Any
 import pytest
 
 from abflow.components.smoke import (
+    Observation,
+    ResponseCheck,
     SmokeFailed,
+    SmokeReport,
     check_response,
+    judge,
     render_html_report,
     require_pass,
     run_smoke,
@@ -134,7 +138,7 @@ def test_a_split_that_disagrees_with_ratio_a_fails_the_binomial_test(tutorial_en
     report = run_smoke(tutorial_endpoint, ratio_a=0.9, p99_budget_ms=5_000, oauth=TUTORIAL_OAUTH)
     assert not report.passed
     [failure] = report.failures
-    assert "arm A (classifier-1) served" in failure and "but ratio_a=0.9" in failure
+    assert "the router sent arm A (classifier-1)" in failure and "but ratio_a=0.9" in failure
     assert "two-sided binomial test" in failure and "check its ratioA" in failure
     assert report.p_value is not None and report.p_value < 1e-10
 
@@ -322,3 +326,33 @@ def test_html_report_is_self_contained_and_escapes_what_it_shows(stand_in: Calla
     assert parsed.tags.count("svg") == 2 and "style" in parsed.tags
     assert "FAILED" in page and "&lt;script&gt;" in page
     assert page.count("<rect") >= 2
+
+
+def judged(answered: dict[int, int], failovers: dict[tuple[int, int], int]) -> SmokeReport:
+    observations = [Observation(200, None, 1.0, ResponseCheck(arm=arm, router="random-ab-test"))
+                    for arm, count in answered.items() for _ in range(count)]
+    return judge(observations, endpoint_url="http://127.0.0.1:1", ratio_a=0.5, router_name="random-ab-test",
+                 class_names=DEFAULT_CLASS_NAMES, arm_names=("classifier-1", "classifier-2"), p99_budget_ms=500,
+                 min_p_value=0.001, timeout=1, duration_s=1, failovers=failovers)
+
+
+def test_failovers_are_counted_back_to_the_arm_the_router_chose() -> None:
+    """On a loaded machine a slow arm's requests fail over and meta.routing names the arm that answered:
+    10/50 answered is a 30/30 split as routed, which is what ratio_a is about."""
+    report = judged({0: 10, 1: 50}, {(0, 1): 20})
+    assert report.passed, report.failures
+    assert report.arm_counts == {"classifier-1": 10, "classifier-2": 50} and report.failovers == 20
+    assert report.arm_a_share == 0.5 and "20 failed over" in report.describe()
+    assert not judged({0: 10, 1: 50}, {}).passed, "without the failovers the same answers fail the split"
+
+
+def test_an_arm_every_request_failed_over_from_still_fails_coverage() -> None:
+    report = judged({1: 60}, {(0, 1): 30})
+    assert not report.passed
+    assert any("0 of 60 responses came from arm 0 (classifier-1)" in f for f in report.failures)
+
+
+def test_the_real_executor_is_asked_for_its_failovers(tutorial_endpoint: str) -> None:
+    report = run_smoke(tutorial_endpoint, ratio_a=0.5, min_p_value=1e-6, p99_budget_ms=5_000, oauth=TUTORIAL_OAUTH,
+                       count_failovers=True, requests=40)
+    assert report.passed and report.failovers == 0
