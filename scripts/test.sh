@@ -9,5 +9,5 @@ echo "== ruff"
 python3 -m ruff check abflow serving components pipelines tests bench
 echo "== mypy --strict (abflow.serving, abflow.components)"
 bash scripts/typecheck.sh
-echo "== pytest"
-python3 -m pytest "$@"
+echo "== pytest (2 workers; a test file's tests stay on one worker, so module fixtures are built once)"
+python3 -m pytest -n 2 --dist loadfile "$@"
