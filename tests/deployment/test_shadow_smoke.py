@@ -8,7 +8,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from abflow.components.shadow_smoke import observe_shadow
+from abflow.components.shadow_smoke import ShadowSummary, observe_shadow
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -25,25 +25,24 @@ class _Health(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_shadow_that_answered_none_of_its_copies_fails_the_smoke_test_naming_it() -> None:
-    _Health.body = json.dumps({"shadow": {"name": "classifier-2", "fraction": 1.0, "answered": 0, "error": 9,
-                                          "dropped": 1, "not_mirrored": 0, "agreement": None}}).encode()
+def observed(health: dict[str, object]) -> tuple[ShadowSummary | None, str | None]:
+    """What ``observe_shadow`` makes of an endpoint whose ``/health/status`` is ``health``."""
+    _Health.body = json.dumps(health).encode()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        summary, failure = observe_shadow(f"http://127.0.0.1:{server.server_port}", 10)
+        return observe_shadow(f"http://127.0.0.1:{server.server_port}", 10)
     finally:
         server.shutdown()
+
+
+def test_a_shadow_that_answered_none_of_its_copies_fails_the_smoke_test_naming_it() -> None:
+    summary, failure = observed({"shadow": {"name": "classifier-2", "fraction": 1.0, "answered": 0, "error": 9,
+                                            "dropped": 1, "not_mirrored": 0, "agreement": None}})
     assert summary is not None and (summary.mirrored, summary.errors, summary.dropped) == (10, 9, 1)
     assert failure is not None and "classifier-2 answered none of the 10 requests" in failure
 
 
 def test_an_endpoint_without_a_shadow_is_a_failure_that_says_how_it_was_deployed() -> None:
-    _Health.body = json.dumps({"status": "ok"}).encode()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        summary, failure = observe_shadow(f"http://127.0.0.1:{server.server_port}", 10)
-    finally:
-        server.shutdown()
+    summary, failure = observed({"status": "ok"})
     assert summary is None and failure is not None and "reports no shadow" in failure

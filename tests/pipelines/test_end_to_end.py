@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from abflow.components.experiment import ROLLED_BACK, list_experiments, running_experiment
-from abflow.components.local_target import current_deployment, stop_local
+from abflow.components.local_target import current_deployment
 from abflow.components.registry import read_champion
 from abflow.pipelines.local_commands import TUTORIAL_PAYLOAD
 from abflow.pipelines.pipeline import STEP_NAMES
@@ -41,13 +40,6 @@ class LocalProject:
         assert response.status_code == 200, response.text
         body: dict[str, object] = response.json()
         return body
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Iterator[LocalProject]:
-    local = LocalProject(tmp_path)
-    yield local
-    stop_local(local.data)
 
 
 def test_two_runs_make_a_champion_and_a_failed_smoke_rolls_back(project: LocalProject) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from abflow.components.experiment import CONCLUDED, RUNNING, list_experiments, running_experiment
-from abflow.components.local_target import current_deployment, stop_local
+from abflow.components.local_target import current_deployment
 from abflow.components.registry import read_champion
 from abflow.pipelines.pipeline import STEP_NAMES
 from tests.pipelines.test_end_to_end import LocalProject
@@ -31,13 +30,6 @@ WEAKER = ("--c", "0.0001", "--seed", "3", *GATE_OPEN)
 REPORT_LINE = "experiment report (conclude): "
 LOOSE_P99 = ("--p99-slack-ms", "1000")
 """The latency guardrail loosened where a test is about rewards: a loaded machine's p99 is noise."""
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Iterator[LocalProject]:
-    local = LocalProject(tmp_path)
-    yield local
-    stop_local(local.data)
 
 
 def run(project: LocalProject, *flags: str) -> subprocess.CompletedProcess[str]:

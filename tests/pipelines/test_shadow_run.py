@@ -5,27 +5,18 @@ says how the shadow agreed, and nothing is promoted or A/B-tested."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
 from abflow.components.experiment import running_experiment
-from abflow.components.local_target import current_deployment, stop_local
+from abflow.components.local_target import current_deployment
 from abflow.components.registry import read_champion
 from tests.pipelines.test_end_to_end import LocalProject
 
 pytestmark = pytest.mark.slow
 
 DIFFERENT_MODEL = ("--c", "0.01", "--min-accuracy", "0.3", "--max-regression", "1")
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Iterator[LocalProject]:
-    local = LocalProject(tmp_path)
-    yield local
-    stop_local(local.data)
 
 
 def test_a_shadow_run_serves_the_champion_mirrors_the_new_model_and_promotes_nothing(project: LocalProject) -> None:
