@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from abflow.components.smoke import SmokeReport, run_smoke
+from abflow.components.smoke import SmokeReport, endpoint_base, run_smoke
 from abflow.serving.graph import DEFAULT_ARM_NAMES
 
 HEALTH_PATH = "/health/status"
@@ -48,7 +48,7 @@ def observe_shadow(endpoint_url: str, served: int, *, catch_up: float = CATCH_UP
                    timeout: float = 10.0) -> tuple[ShadowSummary | None, str | None]:
     """The shadow's counts once it has accounted for ``served`` requests (or ``catch_up`` seconds
     passed), and the failure to report, if any."""
-    url = endpoint_url.rstrip("/") + HEALTH_PATH
+    url = endpoint_base(endpoint_url) + HEALTH_PATH
     deadline = time.monotonic() + catch_up
     while True:
         try:

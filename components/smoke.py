@@ -171,6 +171,12 @@ def predictions_url(endpoint_url: str) -> str:
     return stripped if stripped.endswith("/predictions") else stripped + PREDICTIONS_PATH
 
 
+def endpoint_base(endpoint_url: str) -> str:
+    """The endpoint's root (where ``/metrics`` and ``/health/status`` are), from either form."""
+    stripped = endpoint_url.rstrip("/")
+    return stripped.rsplit("/api/", 1)[0] if stripped.endswith("/predictions") else stripped
+
+
 def check_response(body: Any, *, router_name: str | None, class_names: Sequence[str],
                    arm_count: int = 2) -> ResponseCheck:
     """Check one decoded 200 response against the Seldon contract; never raises on bad input.
@@ -287,9 +293,8 @@ def _failovers(endpoint_url: str, arm_names: Sequence[str], timeout: float) -> C
     ``None`` when the endpoint has none (not abflow's executor)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    base = endpoint_url.rstrip("/").removesuffix(PREDICTIONS_PATH).removesuffix("/api/v0.1/predictions")
     try:
-        response = get(f"{base}/metrics", timeout=timeout)
+        response = get(f"{endpoint_base(endpoint_url)}/metrics", timeout=timeout)
     except RequestException:
         return None
     if response.status_code != 200:

@@ -290,6 +290,7 @@ def deploy_ab(
     from abflow.components import steplog
     from abflow.components.deploy_targets import deploy_challenger
     from abflow.components.retention import discard_after_failure
+    from abflow.serving.graph import SHADOW_MODE
 
     try:
         deployed = deploy_challenger(
@@ -317,7 +318,7 @@ def deploy_ab(
                                            local_state_dir=local_state_dir if target == "local" else ""))
         raise
     experiment = deployed.experiment
-    if deployed.mode == "shadow":
+    if deployed.mode == SHADOW_MODE:
         started = (f"; challenger {challenger_version} shadows champion {champion_version} on "
                    f"{shadow_fraction:.0%} of requests: no user sees it, no experiment")
     elif experiment:
@@ -359,8 +360,9 @@ def smoke_test(
     from abflow.components.experiment import mark_rolled_back, update_experiment
     from abflow.components.retention import discard_after_failure
     from abflow.components.smoke import render_html_report, require_pass, run_smoke
+    from abflow.serving.graph import SHADOW_MODE
 
-    if mode == "shadow":
+    if mode == SHADOW_MODE:
         from abflow.components.shadow_smoke import smoke_shadow_deployment
 
         result = smoke_shadow_deployment(endpoint, record, requests=requests, p99_budget_ms=p99_budget_ms)
@@ -399,11 +401,12 @@ def promote(artifact_root: str, model_name: str, version: str, run_id: str, keep
     from abflow.components import steplog
     from abflow.components.registry import promote_version, read_champion
     from abflow.components.retention import prune_after_deploy
+    from abflow.serving.graph import SHADOW_MODE
 
     steplog.note(prune_after_deploy(artifact_root, model_name, keep=keep, deployed=version,
                                     local_state_dir=local_state_dir))
     champion = read_champion(artifact_root, model_name)
-    if champion is not None and mode == "shadow":
+    if champion is not None and mode == SHADOW_MODE:
         steplog.finish(f"champion stays {champion.version}: {version} ran as a shadow, which promotes nothing; "
                        "deploy it with deploy_mode=ab to A/B-test it")
     elif champion is not None:

@@ -27,6 +27,7 @@ from abflow.components.smoke import (
     SmokeFailed,
     SmokeReport,
     check_response,
+    endpoint_base,
     judge,
     render_html_report,
     require_pass,
@@ -356,3 +357,9 @@ def test_the_real_executor_is_asked_for_its_failovers(tutorial_endpoint: str) ->
     report = run_smoke(tutorial_endpoint, ratio_a=0.5, min_p_value=1e-6, p99_budget_ms=5_000, oauth=TUTORIAL_OAUTH,
                        count_failovers=True, requests=40)
     assert report.passed and report.failovers == 0
+
+
+@pytest.mark.parametrize("url", ["http://h:1", "http://h:1/", "http://h:1/api/v1.0/predictions",
+                                 "http://h:1/api/v0.1/predictions/"])
+def test_the_endpoints_root_is_found_from_either_form_of_url(url: str) -> None:
+    assert endpoint_base(url) == "http://h:1"
